@@ -1,0 +1,68 @@
+"""Atomic file writes and run fingerprints: no reader ever sees a half-written file."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def tmp_path_for(path: str | Path) -> Path:
+    """A sibling temporary name for writers (pyarrow, PIL) that need a path, to os.replace later."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of a JSON-able config: a resumed run only reuses work made with the same one."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def prepare_resumable_dir(path: str | Path, config: dict) -> bool:
+    """Make ``path`` ready for a resumable stage.
+
+    Returns True when the folder holds work from an identical config (resume), False when it was
+    (re)started empty. Work from another config is removed, never mixed in.
+    """
+    import shutil
+
+    path = Path(path)
+    stamp = path / "_config.json"
+    want = fingerprint(config)
+    if path.exists():
+        try:
+            have = json.loads(stamp.read_text()).get("fingerprint")
+        except (OSError, ValueError):
+            have = None
+        if have == want:
+            return True
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stamp, {"fingerprint": want, "config": config})
+    return False

@@ -1,0 +1,137 @@
+"""Typed, validated parameters for every section of params.yaml.
+
+Each DVC stage loads only the sections it declares in dvc.yaml, so an unknown key or a value of
+the wrong type stops that stage with a message naming the key (``compose.o_max: ...``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ParamsError(ValueError):
+    """A bad params file or value; the message names the offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class GenerateParams(Section):
+    backend: Literal["openmoji", "diffusers"] = "openmoji"
+    category_set: Literal["lvis", "coco", "pvoc"] = "lvis"
+    per_category: int = Field(24, ge=1)
+    max_categories: int | None = Field(None, ge=1)  # shrink runs for tests / smoke checks
+    image_size: int = Field(160, ge=16)  # openmoji render size; SD output size (512) on diffusers
+    # diffusers backend (paper profile)
+    model: str = "runwayml/stable-diffusion-v1-5"
+    prompt: str = "a photo of a single {name}, white background"
+    negative_prompt: str = ""
+    steps: int = Field(50, ge=1)
+    guidance: float = Field(7.5, ge=0)
+    batch_size: int = Field(8, ge=1)
+    fp16: bool = True
+    matting: Literal["threshold"] = "threshold"
+    seed: int = 0
+
+
+class FilterParams(Section):
+    backend: Literal["none", "open_clip"] = "none"
+    model: str = "ViT-L-14"
+    pretrained: str = "openai"
+    min_clip: float = 21.0  # X-Paste: keep if score >= min(min_clip, best_of_class - tolerance)
+    tolerance: float = 1.0
+    min_area: float = Field(0.05, ge=0, le=1)
+    max_area: float = Field(0.95, ge=0, le=1)
+    min_per_class: int = Field(21, ge=1)  # paper: classes with <= 20 survivors are dropped
+    batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _area_order(self):
+        if self.min_area > self.max_area:
+            raise ValueError("min_area must be <= max_area")
+        return self
+
+
+class ComposeParams(Section):
+    backgrounds: str = "builtin"  # "builtin" (offline: scikit-image photos + textures) or a folder
+    image_size: int = Field(224, ge=16)
+    grid: int = Field(8, ge=1)
+    a_max: int = Field(3, ge=1)
+    s_min: list[float] = [0.3, 0.2, 0.1]
+    s_max: list[float] = [1.0, 1.0, 1.0]
+    o_max: float = Field(0.5, ge=0, le=1)
+    referrals: bool = False
+    same_type_prob: float = Field(0.7, ge=0, le=1)
+    n_train: int = Field(8000, ge=0)
+    n_val: int = Field(500, ge=0)
+    n_heldout: int = Field(1000, ge=0)
+    shard_size: int = Field(1000, ge=1)
+    format: Literal["jpeg", "png"] = "jpeg"
+    quality: int = Field(90, ge=1, le=100)
+    workers: int = Field(2, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(self.s_min) < self.a_max or len(self.s_max) < self.a_max:
+            raise ValueError(f"s_min and s_max need one entry per object count up to a_max={self.a_max}")
+        for i, (lo, hi) in enumerate(zip(self.s_min, self.s_max)):
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"need 0 < s_min[{i}] <= s_max[{i}] <= 1, got {lo} and {hi}")
+        if self.image_size % self.grid:
+            raise ValueError(f"grid={self.grid} must divide image_size={self.image_size}")
+        return self
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "generate": GenerateParams,
+    "filter": FilterParams,
+    "compose": ComposeParams,
+}
+
+S = TypeVar("S", bound=Section)
+
+
+def _format_error(section: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (section, *e["loc"]))
+        got = e.get("input")
+        extra = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{loc}: {extra}{shown}")
+    return "; ".join(lines)
+
+
+def parse_section(section: str, raw: object, cls: type[S] | None = None) -> S:
+    cls = cls or SECTIONS[section]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{section}: expected a mapping, got {type(raw).__name__}")
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_error(section, err)) from None
+
+
+def load_yaml(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping")
+    return data
+
+
+def load(section: str, path: str | Path = "params.yaml", cls: type[S] | None = None) -> S:
+    """Load and validate one section of params.yaml."""
+    return parse_section(section, load_yaml(path).get(section), cls)
