@@ -69,6 +69,7 @@ class ComposeParams(Section):
     n_train: int = Field(8000, ge=0)
     n_val: int = Field(500, ge=0)
     n_heldout: int = Field(1000, ge=0)
+    n_pretrain: int = Field(0, ge=0)  # mini VLM pretraining images (all categories)
     shard_size: int = Field(1000, ge=1)
     format: Literal["jpeg", "png"] = "jpeg"
     quality: int = Field(90, ge=1, le=100)
@@ -87,10 +88,105 @@ class ComposeParams(Section):
         return self
 
 
+class CocoPaths(Section):
+    """A COCO-format annotation file (COCO, LVIS, our synthetic set) and the image folder."""
+
+    annotations: str | None = None
+    images: str | None = None  # LVIS: a folder of all images, or the COCO root with train2017/, val2017/
+
+
+class VocPaths(Section):
+    root: str | None = None  # the VOC2007 folder: Annotations/, JPEGImages/, ImageSets/Main/test.txt
+
+
+class RefCocoPaths(Section):
+    refs: str | None = None  # refs(unc).p
+    annotations: str | None = None  # instances.json
+    images: str | None = None  # COCO train2014 images
+    split: Literal["val", "testA", "testB"] = "testA"
+    sentences: Literal["all", "first"] = "all"  # all: one query per expression (the usual protocol)
+
+
+class EvalPaths(Section):
+    synthetic: CocoPaths = CocoPaths(
+        annotations="data/composed/heldout/annotations.json", images="data/composed/heldout/images"
+    )
+    coco: CocoPaths = CocoPaths()
+    lvis: CocoPaths = CocoPaths()
+    pvoc: VocPaths = VocPaths()
+    refcoco: RefCocoPaths = RefCocoPaths()
+
+
+class EvalParams(Section):
+    datasets: list[Literal["synthetic", "coco", "lvis", "pvoc", "refcoco"]] = ["synthetic"]
+    paths: EvalPaths = EvalPaths()
+    max_objects: int = Field(3, ge=1)  # paper, Sec. 5: images with up to 3 objects
+    max_queries: int | None = Field(None, ge=1)  # deterministic subsample (seed) for quick runs
+    max_missing: float = Field(0.01, ge=0, le=1)  # fail if more of the selected images are absent
+    batch_size: int = Field(32, ge=1)
+    num_beams: int = Field(1, ge=1)
+    random_draws: int = Field(10, ge=1)  # paper: random baselines averaged over 10 runs
+    gallery_size: int = Field(16, ge=0)
+    seed: int = 0
+
+
+class VLMParams(Section):
+    name: Literal["mini", "openflamingo", "blip2"] = "mini"
+    path: str = "models/mini_vlm"  # mini: the pretrain_vlm stage's output folder
+    # paper profile: hub ids or local folders (no hub here: point these at local copies)
+    clip_model: str = "ViT-L-14"
+    clip_pretrained: str = "openai"
+    lang_model: str = "anas-awadalla/mpt-1b-redpajama-200b-dolly"
+    checkpoint: str = "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct"
+    blip2_model: str = "Salesforce/blip2-opt-2.7b"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class InsertParams(Section):
+    layers: int = Field(2, ge=0, le=3)
+    table: Literal["sinusoidal", "learned"] = "sinusoidal"
+    layout: Literal["swiglu", "authors"] = "swiglu"
+    hidden: list[int] | None = None
+
+
+class PretrainParams(Section):
+    """The offline mini VLM's own pretraining (image-level supervision only)."""
+
+    vision_steps: int = Field(600, ge=0)
+    vision_lr: float = Field(2e-3, gt=0)
+    lm_steps: int = Field(1500, ge=0)
+    lm_lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    image_size: int = Field(64, ge=8)
+    patch: int = Field(8, ge=1)
+    vision_width: int = Field(128, ge=8)
+    vision_layers: int = Field(4, ge=1)
+    lm_width: int = Field(128, ge=8)
+    lm_layers: int = Field(4, ge=1)
+    max_images: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class TrainParams(Section):
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)  # paper: Adam 1e-3
+    seed: int = 0
+    cache_features: bool = True
+    checkpoint_every: int = Field(250, ge=1)
+    log_every: int = Field(10, ge=1)
+    max_images: int | None = Field(None, ge=1)
+
+
 SECTIONS: dict[str, type[Section]] = {
     "generate": GenerateParams,
     "filter": FilterParams,
     "compose": ComposeParams,
+    "eval": EvalParams,
+    "vlm": VLMParams,
+    "pin": InsertParams,
+    "pretrain": PretrainParams,
+    "train": TrainParams,
 }
 
 S = TypeVar("S", bound=Section)

@@ -20,7 +20,7 @@ class InsertSite:
 
     n_positions: int
     width: int
-    grid: int  # patch grid side: n_positions == grid*grid (+1 when has_cls)
+    grid: int  # PATCH grid side (n_positions == grid*grid (+1 when has_cls)); the box grid may differ
     has_cls: bool = False
 
 
@@ -49,8 +49,10 @@ class FrozenVLM(ABC):
         insert: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy over the answer tokens only (prompt masked, end token
-        included), with ``features + insert`` fed to the fusion network. Gradients flow to
-        ``insert`` only."""
+        included), with ``features + insert`` (added in fp32) fed to the fusion network.
+
+        ``answers`` are bare box texts (" [14,28,112,98]"); the adapter appends ``answer_end``.
+        Gradients flow to ``insert`` only."""
 
     @abstractmethod
     def generate(
@@ -61,7 +63,8 @@ class FrozenVLM(ABC):
         max_new_tokens: int = 24,
         num_beams: int = 1,
     ) -> list[str]:
-        """Batched decoding (KV cache), stopping at the end token; returns only the new text."""
+        """Batched decoding (KV cache), stopping at the end token; returns only the new text.
+        Callers pass ``max_new_tokens`` from the box codec's longest answer."""
 
     def prompt(self, obj: str) -> str:
         return self.prompt_template.format(obj=obj)

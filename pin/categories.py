@@ -1,0 +1,156 @@
+"""Category sets (LVIS v1, COCO, PASCAL VOC) and the train / held-out split.
+
+The names live in ``pin/data/*.csv`` (see ``pin/data/SOURCES.md`` for where they come from and
+``scripts/build_category_files.py`` for how they were built). The paper trains on synthetic
+objects of LVIS categories and holds out every category that also occurs in COCO or PASCAL VOC
+for a zero-shot evaluation; :func:`heldout_names` computes that set by synonym-aware matching.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Literal
+
+from pin.errors import PinError
+
+SetName = Literal["lvis", "coco", "pvoc"]
+Split = Literal["train", "heldout"]
+
+SET_FILES: dict[str, str] = {"lvis": "lvis_v1.csv", "coco": "coco.csv", "pvoc": "pvoc.csv"}
+SYNONYM_SEP = "|"
+
+
+@dataclass(frozen=True)
+class Category:
+    """One category of a dataset.
+
+    ``name`` is the dataset's own spelling (LVIS ``bat_(animal)``, COCO ``dining table``, VOC
+    ``diningtable``); ``synonyms`` are plain-word alternatives (no underscores), the readable name
+    first; ``id`` is the dataset's category id (LVIS and COCO annotation ids, VOC 1..20 in the
+    standard order); ``dataset`` says which set it belongs to.
+    """
+
+    name: str
+    synonyms: tuple[str, ...]
+    id: int
+    dataset: str = "lvis"
+
+    @property
+    def readable(self) -> str:
+        return readable(self.name)
+
+    @property
+    def slug(self) -> str:
+        return slug(self.name)
+
+
+# VOC writes some class names as one word; LVIS has one name with a stray second part.
+_READABLE = {
+    "diningtable": "dining table",
+    "tvmonitor": "tv monitor",
+    "pottedplant": "potted plant",
+    "motorbike": "motorbike",
+    "aeroplane": "aeroplane",
+    "monitor_(computer_equipment) computer_monitor": "computer monitor",
+}
+
+
+def readable(name: str) -> str:
+    """A name as words for prompts: ``diningtable`` -> ``dining table``, ``bat_(animal)`` ->
+    ``bat (animal)``, ``tvmonitor`` -> ``tv monitor``."""
+    if name in _READABLE:
+        return _READABLE[name]
+    return re.sub(r"\s+", " ", name.replace("_", " ")).strip()
+
+
+def slug(name: str) -> str:
+    """A file-system-safe folder name: ``bat_(animal)`` -> ``bat_animal``, ``bow-tie`` -> ``bow-tie``."""
+    s = re.sub(r"[^a-z0-9-]+", "_", name.lower()).strip("_")
+    return s or "category"
+
+
+def _singular(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("sses", "ches", "shes", "xes")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us")):
+        return word[:-1]
+    return word
+
+
+def normalize(text: str) -> str:
+    """Lower case, ``_``/``-``/brackets as spaces, last word singular: ``Tennis_Rackets`` ->
+    ``tennis racket``, ``bat_(animal)`` -> ``bat animal``."""
+    t = text.lower().replace("_", " ").replace("-", " ")
+    t = re.sub(r"[()\[\],.'\u2019:]", " ", t)
+    words = t.split()
+    if words:
+        words[-1] = _singular(words[-1])
+    return " ".join(words)
+
+
+def match_key(text: str) -> str:
+    """:func:`normalize` without spaces, so ``wine glass`` == ``wineglass`` == ``Wine-Glasses``."""
+    return normalize(text).replace(" ", "")
+
+
+def _data_text(filename: str) -> str:
+    return resources.files("pin").joinpath("data", filename).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def _load(set_name: str) -> tuple[Category, ...]:
+    if set_name not in SET_FILES:
+        raise PinError(f"unknown category set {set_name!r}; choose one of {sorted(SET_FILES)}")
+    rows = csv.DictReader(_data_text(SET_FILES[set_name]).splitlines())
+    cats = []
+    for row in rows:
+        syns = tuple(s for s in row["synonyms"].split(SYNONYM_SEP) if s)
+        cats.append(Category(name=row["name"], synonyms=syns, id=int(row["id"]), dataset=set_name))
+    return tuple(cats)
+
+
+def load_set(set_name: SetName) -> list[Category]:
+    """All categories of ``"lvis"`` (1,203), ``"coco"`` (80) or ``"pvoc"`` (20), in id order."""
+    return list(_load(set_name))
+
+
+def _keys(cat: Category) -> set[str]:
+    return {match_key(s) for s in (cat.name, readable(cat.name), *cat.synonyms)}
+
+
+@lru_cache(maxsize=1)
+def _heldout() -> frozenset[str]:
+    probe: set[str] = set()
+    for set_name in ("coco", "pvoc"):
+        for cat in _load(set_name):
+            probe |= _keys(cat)
+    return frozenset(c.name for c in _load("lvis") if _keys(c) & probe)
+
+
+def heldout_names() -> set[str]:
+    """LVIS names (canonical spelling) of the categories that match a COCO or PASCAL VOC class
+    by any synonym (normalised, plural-insensitive; the COCO/VOC files list aliases such as
+    ``sofa``/``couch`` and ``tvmonitor``/``television set``). These are never trained on."""
+    return set(_heldout())
+
+
+def split_of(category: Category | str) -> Split:
+    """``"heldout"`` for LVIS categories matching COCO/VOC and for every COCO/VOC category,
+    ``"train"`` for the other LVIS categories."""
+    if isinstance(category, Category):
+        if category.dataset in ("coco", "pvoc"):
+            return "heldout"
+        return "heldout" if category.name in _heldout() else "train"
+    if category in _heldout():
+        return "heldout"
+    if any(category == c.name for c in _load("lvis")):
+        return "train"
+    for set_name in ("coco", "pvoc"):
+        if any(category == c.name for c in _load(set_name)):
+            return "heldout"
+    raise PinError(f"unknown category {category!r}: not an LVIS, COCO or VOC name")

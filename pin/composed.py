@@ -1,0 +1,60 @@
+"""Reading the composed Parquet shards back: images plus their objects, for training and eval."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pin.errors import PinError
+
+
+@dataclass(frozen=True)
+class ComposedObject:
+    category: str
+    box: tuple[int, int, int, int]  # pixels, x2/y2 exclusive
+    grid_box: tuple[int, int, int, int]  # grid cells (x1, y1, x2, y2)
+    referral: str
+
+
+@dataclass(frozen=True)
+class ComposedImage:
+    image_id: int
+    image: bytes
+    width: int
+    height: int
+    objects: tuple[ComposedObject, ...]
+
+    def pil(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.image)).convert("RGB")
+
+
+def shard_paths(split_dir: str | Path) -> list[Path]:
+    split_dir = Path(split_dir)
+    paths = sorted(split_dir.glob("part-*.parquet"))
+    if not paths:
+        raise PinError(f"{split_dir}: no part-*.parquet shards (run `dvc repro compose` first)")
+    return paths
+
+
+def read_split(split_dir: str | Path, limit: int | None = None) -> list[ComposedImage]:
+    out: list[ComposedImage] = []
+    cols = ["image_id", "image", "width", "height", "objects"]
+    for path in shard_paths(split_dir):
+        table = pq.read_table(path, columns=cols)
+        for row in table.to_pylist():
+            objs = tuple(
+                ComposedObject(
+                    category=o["category"],
+                    box=tuple(int(v) for v in o["box"]),
+                    grid_box=tuple(int(v) for v in o["grid_box"]),
+                    referral=o.get("referral") or o["category"],
+                )
+                for o in row["objects"]
+            )
+            out.append(ComposedImage(row["image_id"], row["image"], row["width"], row["height"], objs))
+            if limit is not None and len(out) >= limit:
+                return out
+    return out

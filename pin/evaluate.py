@@ -1,0 +1,146 @@
+"""The evaluate stage: every method answers every query of one dataset; metrics per object.
+
+Methods side by side: ``pin`` (the trained insert), ``raw`` (same frozen VLM and prompt, no
+insert), ``random`` (training boxes drawn at random, mean/std over draws), ``constant`` (the one
+box with the best mean IoU on the training boxes: the floor for any model that ignores the
+image) and ``pin_shuffled`` (PIN answering about another image: if it barely drops, PIN's
+answers do not come from the image). The model sees each image squashed to 224x224, the frame
+the box text lives in; predictions are mapped back to original pixels for the predictions file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pin.boxes import BoxCodec
+from pin.eval import baselines, metrics
+from pin.eval.datasets import Query, load_queries
+from pin.eval.gallery import gallery, size_bucket_bars
+from pin.vlm.base import FrozenVLM
+
+FRAME = 224
+
+
+@torch.no_grad()
+def query_features(vlm: FrozenVLM, queries: list[Query], batch_size: int) -> tuple[torch.Tensor, list[int]]:
+    """Patch features per distinct image (an image with 3 objects is encoded once)."""
+    order: dict[object, int] = {}
+    for q in queries:
+        order.setdefault((q.image_path, q.image_id), len(order))
+    firsts = {}
+    for q in queries:
+        firsts.setdefault((q.image_path, q.image_id), q)
+    keys = list(order)
+    chunks = []
+    for start in tqdm(range(0, len(keys), batch_size), desc="encode images", unit="batch", leave=False):
+        ims = [firsts[k].load_image().resize((FRAME, FRAME)) for k in keys[start:start + batch_size]]
+        chunks.append(vlm.patch_features(vlm.preprocess(ims)).float().cpu())
+    feats = torch.cat(chunks) if chunks else torch.empty(0)
+    return feats, [order[(q.image_path, q.image_id)] for q in queries]
+
+
+@torch.no_grad()
+def answer(vlm: FrozenVLM, feats: torch.Tensor, rows: list[int], texts: list[str], insert: torch.Tensor | None,
+           max_new_tokens: int, batch_size: int, num_beams: int, desc: str) -> list[str]:
+    out: list[str] = []
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
+        idx = rows[start:start + batch_size]
+        out += vlm.generate(feats[idx].to(vlm.device), [vlm.prompt(t) for t in texts[start:start + batch_size]],
+                            insert=insert, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    return out
+
+
+def iou_with_other_objects(queries: list[Query], preds: np.ndarray) -> tuple[float | None, float | None]:
+    """On images with several objects: mean IoU of the answer with the queried object vs with the
+    image's other objects. A model that localises *the named* object scores the first higher."""
+    by_image: dict[object, list[int]] = {}
+    for i, q in enumerate(queries):
+        by_image.setdefault((q.image_path, q.image_id), []).append(i)
+    own, other = [], []
+    for idx in by_image.values():
+        if len(idx) < 2:
+            continue
+        for i in idx:
+            if np.isnan(preds[i]).any():
+                own.append(0.0)
+                other.append(0.0)
+                continue
+            own.append(float(metrics.iou(np.array([queries[i].gt_box_224]), preds[i:i + 1])[0]))
+            others = np.array([queries[j].gt_box_224 for j in idx if j != i])
+            other.append(float(metrics.iou(others, np.repeat(preds[i:i + 1], len(others), 0)).mean()))
+    if not own:
+        return None, None
+    return float(np.mean(own)), float(np.mean(other))
+
+
+def training_boxes(composed_dir: Path, limit: int = 20000) -> np.ndarray:
+    from pin.composed import read_split
+
+    boxes = []
+    for im in read_split(composed_dir / "train", limit=limit):
+        sx, sy = FRAME / im.width, FRAME / im.height
+        boxes += [(o.box[0] * sx, o.box[1] * sy, o.box[2] * sx, o.box[3] * sy) for o in im.objects]
+    return np.asarray(boxes, dtype=float)
+
+
+def run_evaluate(dataset: str, eval_p, vlm: FrozenVLM, insert: torch.Tensor | None, grid: int,
+                 composed_dir: str = "data/composed", metrics_dir: str = "metrics/eval",
+                 plots_dir: str = "metrics/plots", predictions_dir: str = "data/predictions") -> str:
+    queries, stats = load_queries(dataset, eval_p)
+    codec = BoxCodec(grid)
+    max_new = codec.max_answer_chars + 2
+    feats, rows = query_features(vlm, queries, eval_p.batch_size)
+    texts = [q.text for q in queries]
+    gt = np.array([q.gt_box_224 for q in queries], dtype=float)
+    image_ids = [q.image_id for q in queries]
+
+    def parse(answers: list[str]) -> np.ndarray:
+        return metrics.as_boxes([codec.parse(a) for a in answers])
+
+    results: dict[str, dict] = {}
+    rows_out: list[dict] = []
+    answers: dict[str, list[str]] = {}
+    preds: dict[str, np.ndarray] = {}
+    for method, ins, feat_rows in (
+        ("pin", insert, rows),
+        ("raw", None, rows),
+        ("pin_shuffled", insert, _shuffled(rows, eval_p.seed)),
+    ):
+        if ins is None and method != "raw":
+            continue
+        answers[method] = answer(vlm, feats, feat_rows, texts, ins, max_new, eval_p.batch_size, eval_p.num_beams,
+                                 desc=method)
+        preds[method] = parse(answers[method])
+        results[method] = metrics.score(gt, preds[method], image_ids)
+    if "pin" in preds:
+        own, other = iou_with_other_objects(queries, preds["pin"])
+        results["pin"]["iou_own_multi"], results["pin"]["iou_other_multi"] = own, other
+
+    train_boxes = training_boxes(Path(composed_dir))
+    results["random"], preds["random"] = baselines.random_baseline(gt, train_boxes, eval_p.random_draws,
+                                                                   eval_p.seed, image_ids)
+    results["constant"], box = baselines.constant_baseline(gt, train_boxes, grid, eval_p.seed, image_ids)
+    preds["constant"] = np.repeat(box[None], len(gt), axis=0)
+
+    for method, p in preds.items():
+        rows_out += metrics.prediction_rows(queries, method, p, answers.get(method))
+    metrics.write_predictions(str(Path(predictions_dir) / f"{dataset}.parquet"), rows_out)
+    metrics.write_metrics(str(Path(metrics_dir) / f"{dataset}.json"), results, {**stats})
+    if eval_p.gallery_size:
+        show = preds.get("pin", preds["constant"])
+        gallery(queries, list(show), Path(plots_dir) / f"{dataset}_gallery.png", n=eval_p.gallery_size)
+    size_bucket_bars(results, Path(plots_dir) / f"{dataset}_miou_by_size.png", title=dataset)
+    summary = ", ".join(f"{m} {r['miou']:.3f}" for m, r in results.items() if r.get("miou") is not None)
+    return f"{len(queries)} queries on {stats.get('n_images', '?')} images; mIoU {summary}"
+
+
+def _shuffled(rows: list[int], seed: int) -> list[int]:
+    """Each query paired with a different image's features (a derangement where possible)."""
+    n_images = max(rows) + 1 if rows else 0
+    if n_images < 2:
+        return rows
+    shift = np.random.default_rng(seed).integers(1, n_images)
+    return [int((r + shift) % n_images) for r in rows]

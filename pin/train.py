@@ -1,0 +1,225 @@
+"""The PIN training loop: next-token loss on box answers, only the insert learns (Sec. 4.1).
+
+The same loop runs on 1 CPU, 1 GPU or N GPUs (``accelerate launch``). The frozen vision
+encoder's patch features are computed once per image and reused across steps
+(``train.cache_features``): PIN is added after the encoder, so nothing upstream changes.
+Batches are a pure function of (seed, step), so a resumed run sees exactly the data an
+uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pin.boxes import BoxCodec
+from pin.composed import ComposedImage
+from pin.insert import PositionalInsert
+from pin.io import atomic_write_json
+from pin.vlm.base import FrozenVLM
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_index: int
+    prompt: str
+    answer: str
+
+
+def make_samples(images: list[ComposedImage], codec: BoxCodec, step_seed: int, batch_size: int) -> list[Sample]:
+    """A batch for one step: random images, one random object each, its box as the answer."""
+    rng = random.Random(step_seed)
+    out = []
+    for _ in range(batch_size):
+        i = rng.randrange(len(images))
+        obj = rng.choice(images[i].objects)
+        out.append(Sample(i, obj.referral, codec.encode(obj.grid_box)))
+    return out
+
+
+@torch.no_grad()
+def compute_features(vlm: FrozenVLM, images: list[ComposedImage], batch_size: int = 64, desc: str = "features",
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Patch features of every image (N, positions, width), kept on the host."""
+    chunks = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
+        batch = images[start : start + batch_size]
+        pixels = vlm.preprocess([im.pil() for im in batch]).to(vlm.device)
+        chunks.append(vlm.patch_features(pixels).to("cpu", dtype))
+    return torch.cat(chunks)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    val_loss: float | None
+    samples_per_s: float
+    trainable_params: int
+    seconds: float
+
+
+class Checkpointer:
+    """Atomic checkpoints of the insert + optimiser; the last complete one wins on resume."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+
+    def save(self, step: int, insert: torch.nn.Module, optimizer: torch.optim.Optimizer, history: list) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".ckpt.{step}.tmp"
+        torch.save({"step": step, "insert": insert.state_dict(), "optimizer": optimizer.state_dict(),
+                    "history": history}, tmp)
+        tmp.replace(self.dir / "last.pt")
+
+    def load(self):
+        path = self.dir / "last.pt"
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def evaluate_loss(vlm: FrozenVLM, insert: PositionalInsert, feats: torch.Tensor, images: list[ComposedImage],
+                  codec: BoxCodec, seed: int, n_batches: int, batch_size: int) -> float:
+    insert.eval()
+    losses = []
+    with torch.no_grad():
+        for b in range(n_batches):
+            samples = make_samples(images, codec, seed * 1_000_003 + b, batch_size)
+            idx = torch.tensor([s.image_index for s in samples])
+            loss = vlm.answer_loss(feats[idx].to(vlm.device, torch.float32), [vlm.prompt(s.prompt) for s in samples],
+                                   [s.answer for s in samples], insert())
+            losses.append(float(loss))
+    insert.train()
+    return sum(losses) / max(len(losses), 1)
+
+
+def train_insert(
+    vlm: FrozenVLM,
+    insert: PositionalInsert,
+    train_images: list[ComposedImage],
+    codec: BoxCodec,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    checkpoint_dir: Path,
+    checkpoint_every: int = 200,
+    log_every: int = 10,
+    val_images: list[ComposedImage] | None = None,
+    live=None,
+    accelerator=None,
+) -> TrainResult:
+    from accelerate import Accelerator
+
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(seed)
+    feats = compute_features(vlm, train_images, desc="train features")
+    val_feats = compute_features(vlm, val_images, desc="val features") if val_images else None
+
+    optimizer = torch.optim.Adam(insert.parameters(), lr=lr)
+    insert, optimizer = accelerator.prepare(insert, optimizer)
+    ckpt = Checkpointer(checkpoint_dir)
+    history: list[dict] = []
+    start_step = 0
+    state = ckpt.load()
+    if state is not None and state["step"] <= steps:
+        accelerator.unwrap_model(insert).load_state_dict(state["insert"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, history = state["step"], state["history"]
+        accelerator.print(f"resuming from step {start_step}")
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    per_rank = max(1, batch_size // world)
+    t0 = time.perf_counter()
+    loss_ema = None
+    bar = tqdm(range(start_step, steps), desc="train PIN", unit="step", disable=not accelerator.is_main_process,
+               initial=start_step, total=steps)
+    for step in bar:
+        samples = make_samples(train_images, codec, seed * 1_000_003 + step, batch_size)
+        samples = samples[rank * per_rank : (rank + 1) * per_rank]  # each process its slice of the same batch
+        idx = torch.tensor([s.image_index for s in samples])
+        with accelerator.autocast():
+            loss = vlm.answer_loss(feats[idx].to(accelerator.device, torch.float32),
+                                   [vlm.prompt(s.prompt) for s in samples], [s.answer for s in samples],
+                                   insert())
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        value = float(loss.detach())
+        loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            rate = (done - start_step) * batch_size / (time.perf_counter() - t0)
+            record = {"step": done, "loss": value, "loss_ema": loss_ema, "lr": lr, "samples_per_s": rate}
+            history.append(record)
+            bar.set_postfix(loss=f"{loss_ema:.3f}")
+            if live is not None and accelerator.is_main_process:
+                live.step = done
+                for k in ("loss", "loss_ema", "lr", "samples_per_s"):
+                    live.log_metric(f"train/{k}", record[k])
+                live.next_step()
+        if accelerator.is_main_process and (done % checkpoint_every == 0 and done < steps):
+            ckpt.save(done, accelerator.unwrap_model(insert), optimizer, history)
+
+    seconds = time.perf_counter() - t0
+    model = accelerator.unwrap_model(insert)
+    val_loss = None
+    if val_feats is not None:
+        val_loss = evaluate_loss(vlm, model, val_feats, val_images, codec, seed + 1, n_batches=4, batch_size=batch_size)
+    final = loss_ema if loss_ema is not None else (history[-1]["loss_ema"] if history else math.nan)
+    rate = (steps - start_step) * batch_size / seconds if steps > start_step else 0.0
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return TrainResult(steps, float(final), val_loss, rate, n_params, seconds)
+
+
+def write_train_metrics(path: Path, result: TrainResult, extra: dict) -> None:
+    atomic_write_json(path, {
+        "steps": result.steps,
+        "final_loss": round(result.final_loss, 4),
+        "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
+        "samples_per_s": round(result.samples_per_s, 1),
+        "trainable_params": result.trainable_params,
+        "seconds": round(result.seconds, 1),
+        **extra,
+    })
+
+
+def run_train(vlm_p, pin_p, train_p, grid: int, composed_dir: str = "data/composed", out_dir: str = "models/pin",
+              metrics_path: str = "metrics/train.json", live_dir: str = "metrics/train_live") -> str:
+    """The train stage: load the frozen VLM, train a PositionalInsert, save it and its metrics."""
+    from dvclive import Live
+
+    from pin.composed import read_split
+    from pin.insert import InsertConfig
+    from pin.vlm.registry import load_vlm
+
+    vlm = load_vlm(vlm_p)
+    codec = BoxCodec(grid)
+    cfg = InsertConfig.for_site(vlm.site, layers=pin_p.layers, table=pin_p.table, layout=pin_p.layout,
+                                hidden=tuple(pin_p.hidden) if pin_p.hidden else None)
+    torch.manual_seed(train_p.seed)
+    insert = PositionalInsert(cfg)
+    train_images = read_split(Path(composed_dir) / "train", limit=train_p.max_images)
+    val_images = read_split(Path(composed_dir) / "val", limit=512)
+    ckpt_dir = Path(out_dir).with_name(Path(out_dir).name + "_checkpoints")
+    with Live(live_dir, save_dvc_exp=False, dvcyaml=False, resume=(ckpt_dir / "last.pt").exists()) as live:
+        result = train_insert(vlm, insert, train_images, codec, steps=train_p.steps, batch_size=train_p.batch_size,
+                              lr=train_p.lr, seed=train_p.seed, checkpoint_dir=ckpt_dir,
+                              checkpoint_every=train_p.checkpoint_every, log_every=train_p.log_every,
+                              val_images=val_images, live=live)
+    insert.save_pretrained(out_dir)
+    write_train_metrics(Path(metrics_path), result, {"vlm": vlm.name, "insert_layers": pin_p.layers,
+                                                     "n_train_images": len(train_images)})
+    import shutil
+
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return (f"{result.trainable_params:,} trainable params, {result.steps} steps, loss {result.final_loss:.4f}"
+            f" (val {result.val_loss:.4f}), {result.samples_per_s:.0f} samples/s")

@@ -1,0 +1,326 @@
+"""The offline default's "mini" VLM: a small OpenFlamingo built from the same parts.
+
+* vision: an open_clip ``VisionTransformer`` (64 px, patch 8 -> 8x8 = 64 patch tokens);
+* fusion: open_flamingo's ``PerceiverResampler`` and ``GatedCrossAttentionBlock`` (smaller heads
+  and depth than OpenFlamingo's fixed defaults);
+* language: a small transformers ``LlamaForCausalLM`` with open_flamingo's ``FlamingoLMMixin``
+  (as an explicit subclass), and the word-level tokenizer of :mod:`pin.vlm.tokenizer`.
+
+So the offline pipeline runs the very adapter (:class:`~pin.vlm.openflamingo.OpenFlamingoAdapter`)
+that the paper profile runs. Its weights are an input of the PIN pipeline like OpenFlamingo's: a
+separate stage pretrains it on captions (objects named, no positions) and saves it with
+:func:`save_mini`; :func:`load_mini` gives the frozen adapter.
+
+Saved folder: ``mini_vlm.json`` (config, token ids, parameter count), ``model.safetensors``,
+``tokenizer.json`` + ``tokenizer_config.json``; written to a temporary sibling folder and renamed
+into place, so a reader never sees a half-written model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from open_flamingo import Flamingo
+from open_flamingo.src.flamingo_lm import FlamingoLMMixin
+from open_flamingo.src.helpers import GatedCrossAttentionBlock, PerceiverResampler
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from pin.errors import PinError
+from pin.io import atomic_write_json
+from pin.vlm.openflamingo import END_OF_CHUNK, MEDIA_TOKEN, OpenFlamingoAdapter, set_gates
+from pin.vlm.tokenizer import build_word_tokenizer, load_tokenizer, save_tokenizer
+
+FORMAT = "pin-mini-flamingo"
+FORMAT_VERSION = 1
+CONFIG_FILE = "mini_vlm.json"
+WEIGHTS_FILE = "model.safetensors"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class MiniVLMConfig:
+    """Every size of the mini VLM. Defaults: 2.19M parameters (8.4 MiB fp32 safetensors) with the
+    base vocabulary, 2.35M (9.0 MiB) with ~1,300 category words; cross-attention every 2nd LM
+    layer (OpenFlamingo-3B: every layer; ``xattn_every=1`` adds 0.26M)."""
+
+    # vision tower (open_clip VisionTransformer)
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    vision_mlp_ratio: float = 4.0
+    vision_embed_dim: int = 64  # pooled-embedding projection (unused by the VLM; for CLIP-style pretraining)
+    ln_patch_tokens: bool = False  # as OpenFlamingo: patch tokens before the final LayerNorm
+    # perceiver resampler
+    perceiver_depth: int = 2
+    perceiver_heads: int = 4
+    perceiver_dim_head: int = 32
+    perceiver_latents: int = 32
+    perceiver_ff_mult: int = 2
+    # language model (Llama)
+    lm_width: int = 128
+    lm_layers: int = 4
+    lm_heads: int = 4
+    lm_intermediate: int | None = None  # None: ~8/3 * lm_width, a multiple of 32 (352 for 128)
+    lm_max_positions: int = 128
+    tie_embeddings: bool = True
+    # gated cross-attention
+    xattn_every: int = 2
+    xattn_heads: int = 4
+    xattn_dim_head: int = 32
+    xattn_ff_mult: int = 2
+    gate_init: float = 0.0  # OpenFlamingo starts closed (tanh(0) = 0)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"MiniVLMConfig: {msg}")
+
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", "float") and f.name not in ("seed", "gate_init"):
+                need(v > 0, f"{f.name} must be > 0, got {v}")
+        need(self.image_size % self.patch_size == 0, "patch_size must divide image_size")
+        need(self.vision_width % self.vision_heads == 0, "vision_heads must divide vision_width")
+        need(self.lm_width % self.lm_heads == 0, "lm_heads must divide lm_width")
+        need(self.xattn_every <= self.lm_layers, "xattn_every must be <= lm_layers")
+        need(self.lm_intermediate is None or self.lm_intermediate > 0, "lm_intermediate must be > 0")
+
+    @property
+    def lm_ffn(self) -> int:
+        if self.lm_intermediate is not None:
+            return self.lm_intermediate
+        return max(32, round(8 * self.lm_width / 3 / 32) * 32)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MiniVLMConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"MiniVLMConfig: unknown keys {unknown}")
+        return cls(**d)
+
+
+class FlamingoLlamaForCausalLM(FlamingoLMMixin, LlamaForCausalLM):
+    """``LlamaForCausalLM`` with open_flamingo's mixin as a real subclass (what the library's
+    factory does at run time with ``extend_instance``); decoder layers live at ``model.layers``."""
+
+    DECODER_LAYERS = "model.layers"
+
+
+def mini_image_processor(config: MiniVLMConfig):
+    """PIL image -> (3, image_size, image_size) tensor, CLIP normalisation (open_clip's eval transform)."""
+    import open_clip
+
+    return open_clip.image_transform(config.image_size, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD)
+
+
+def _build(config: MiniVLMConfig, tokenizer) -> Flamingo:
+    from open_clip.transformer import VisionTransformer
+
+    media_id = tokenizer.convert_tokens_to_ids(MEDIA_TOKEN)
+    eoc_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK)
+    unk = tokenizer.unk_token_id
+    if media_id in (None, unk) or eoc_id in (None, unk):
+        raise ValueError(f"tokenizer lacks {MEDIA_TOKEN} or {END_OF_CHUNK}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        visual = VisionTransformer(
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            width=config.vision_width,
+            layers=config.vision_layers,
+            heads=config.vision_heads,
+            mlp_ratio=config.vision_mlp_ratio,
+            output_dim=config.vision_embed_dim,
+            final_ln_after_pool=not config.ln_patch_tokens,
+            output_tokens=True,
+        )
+        lm = FlamingoLlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=config.lm_width,
+                intermediate_size=config.lm_ffn,
+                num_hidden_layers=config.lm_layers,
+                num_attention_heads=config.lm_heads,
+                num_key_value_heads=config.lm_heads,
+                max_position_embeddings=config.lm_max_positions,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=None,
+                tie_word_embeddings=config.tie_embeddings,
+            )
+        )
+        lm.set_decoder_layers_attr_name(FlamingoLlamaForCausalLM.DECODER_LAYERS)
+        flamingo = Flamingo(
+            SimpleNamespace(visual=visual),  # Flamingo keeps ``vision_encoder.visual``
+            lm,
+            eoc_token_id=eoc_id,
+            media_token_id=media_id,
+            vis_dim=config.vision_width,
+            cross_attn_every_n_layers=config.xattn_every,
+        )
+        # Flamingo's constructor builds the fusion network at OpenFlamingo's fixed sizes
+        # (perceiver depth 6, 8x64 heads); swap in smaller ones and let the mixin rebuild its
+        # FlamingoLayers from them (``init_flamingo_layers``, the library's documented way).
+        flamingo.perceiver = PerceiverResampler(
+            dim=config.vision_width,
+            depth=config.perceiver_depth,
+            dim_head=config.perceiver_dim_head,
+            heads=config.perceiver_heads,
+            num_latents=config.perceiver_latents,
+            ff_mult=config.perceiver_ff_mult,
+        )
+        lm.gated_cross_attn_layers = torch.nn.ModuleList(
+            [
+                GatedCrossAttentionBlock(
+                    dim=config.lm_width,
+                    dim_visual=config.vision_width,
+                    dim_head=config.xattn_dim_head,
+                    heads=config.xattn_heads,
+                    ff_mult=config.xattn_ff_mult,
+                )
+                if (i + 1) % config.xattn_every == 0
+                else None
+                for i in range(config.lm_layers)
+            ]
+        )
+        lm.init_flamingo_layers(False)
+        set_gates(flamingo, config.gate_init)
+    return flamingo
+
+
+def build_mini_flamingo(config: MiniVLMConfig, vocab_words: Iterable[str]):
+    """A freshly initialised (trainable, train-mode) mini Flamingo.
+
+    ``vocab_words``: the category names (and any caption words) the tokenizer must know; they
+    are split into lower-case words and added to the base vocabulary.
+    Returns ``(flamingo, image_processor, tokenizer)``."""
+    tokenizer = build_word_tokenizer(vocab_words)
+    return _build(config, tokenizer), mini_image_processor(config), tokenizer
+
+
+def count_parameters(flamingo: torch.nn.Module) -> int:
+    return sum(p.numel() for p in flamingo.parameters())  # shared (tied) parameters once
+
+
+def trainable_for_pretraining(flamingo: Flamingo) -> dict[str, list[torch.nn.Parameter]]:
+    """Parameter groups for a pretraining script (each parameter in exactly one group):
+
+    * ``vision``: the open_clip vision tower (train it separately, or keep it frozen);
+    * ``perceiver``: the perceiver resampler;
+    * ``xattn``: the gated cross-attention blocks, gates included;
+    * ``lm``: the rest of the language model (embeddings, decoder layers, norm, head).
+
+    Returns the groups only; the caller sets ``requires_grad`` and builds the optimiser."""
+    vision = list(flamingo.vision_encoder.parameters())
+    perceiver = list(flamingo.perceiver.parameters())
+    xattn = list(flamingo.lang_encoder.gated_cross_attn_layers.parameters())
+    taken = {id(p) for p in xattn}
+    lm = [p for p in flamingo.lang_encoder.parameters() if id(p) not in taken]
+    return {"vision": vision, "perceiver": perceiver, "xattn": xattn, "lm": lm}
+
+
+def save_mini(
+    directory: str | Path,
+    flamingo: Flamingo,
+    tokenizer,
+    config: MiniVLMConfig,
+    meta: dict | None = None,
+) -> None:
+    """Write the mini VLM to ``directory`` (replaced whole, atomically)."""
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        save_model(flamingo, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_tokenizer(tokenizer, tmp)
+        atomic_write_json(
+            tmp / CONFIG_FILE,
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "config": config.to_dict(),
+                "vocab_size": len(tokenizer),
+                "media_token_id": flamingo.media_token_id,
+                "eoc_token_id": flamingo.eoc_token_id,
+                "n_parameters": count_parameters(flamingo),
+                "meta": meta or {},
+            },
+        )
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.{os.getpid()}.old")
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_mini_config(directory: str | Path) -> dict:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file() or not (Path(directory) / WEIGHTS_FILE).is_file():
+        raise PinError(
+            f"mini VLM not found in {directory} (need {CONFIG_FILE} and {WEIGHTS_FILE}); "
+            "build and pretrain it first"
+        )
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as err:
+        raise PinError(f"{path}: not valid JSON: {err}") from None
+    if info.get("format") != FORMAT or info.get("version") != FORMAT_VERSION:
+        raise PinError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} file")
+    return info
+
+
+def load_mini_parts(directory: str | Path, device: str | torch.device = "cpu"):
+    """``(flamingo, image_processor, tokenizer, config)`` from a folder written by
+    :func:`save_mini`; the model is left trainable (for resuming a pretraining run)."""
+    from safetensors.torch import load_model
+
+    directory = Path(directory)
+    info = read_mini_config(directory)
+    try:
+        config = MiniVLMConfig.from_dict(info["config"])
+    except (TypeError, ValueError) as err:
+        raise PinError(f"{directory / CONFIG_FILE}: {err}") from None
+    tokenizer = load_tokenizer(directory)
+    if len(tokenizer) != info["vocab_size"]:
+        raise PinError(f"{directory}: tokenizer has {len(tokenizer)} tokens, config says {info['vocab_size']}")
+    flamingo = _build(config, tokenizer)
+    try:
+        load_model(flamingo, str(directory / WEIGHTS_FILE), strict=True)
+    except (RuntimeError, KeyError, OSError) as err:
+        raise PinError(f"{directory / WEIGHTS_FILE}: does not match its config: {err}") from err
+    return flamingo.to(device), mini_image_processor(config), tokenizer, config
+
+
+def load_mini(directory: str | Path, device: str | torch.device = "cpu") -> OpenFlamingoAdapter:
+    """The saved mini VLM behind the frozen adapter interface."""
+    flamingo, processor, tokenizer, _ = load_mini_parts(directory, device)
+    return OpenFlamingoAdapter(flamingo, processor, tokenizer, name="mini")

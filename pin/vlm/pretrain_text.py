@@ -1,0 +1,106 @@
+"""Image-level texts for pretraining the offline mini VLM - never a position.
+
+The mini VLM stands in for a caption-trained VLM such as OpenFlamingo: it must recognise and
+name objects, answer name-conditioned questions and know the answer format, yet know nothing
+about where objects are (that is what PIN unlocks). Every text here is a function of the
+*multiset* of objects and of non-positional properties of the named object (its size), so moving
+objects around an image cannot change it; ``tests/test_pretrain_text.py`` checks exactly that.
+
+Text kinds (weights in ``TEXT_MIX``):
+- caption:  "<image>A photo of a dog, a cup and a kite.<|endofchunk|>" (objects in random order)
+- exists:   "<image>Question: is there a cup? Answer: yes<|endofchunk|>" (negatives drawn from
+            categories absent from the image)
+- count:    "<image>Question: how many objects? Answer: 2<|endofchunk|>" and per category
+- slot:     "<image>In the image is a dog located at [w,h,n,k]<|endofchunk|>": the answer format
+            with the named object's width and height in the 224 frame (multiples of the grid
+            cell), the number of objects of its category and of all objects. It teaches the
+            frozen LM to look up the named object before writing digits in brackets, without
+            any coordinate.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+IMAGE_TOKEN = "<image>"
+END_TOKEN = "<|endofchunk|>"
+PROMPT = "In the image is a {obj} located at"
+
+TEXT_MIX = {"caption": 0.25, "exists": 0.3, "count": 0.15, "slot": 0.3}
+
+
+@dataclass(frozen=True)
+class ObjectFact:
+    """What pretraining may know about an object: its name and its size, not its place."""
+
+    name: str
+    width: int  # in the 224 frame
+    height: int
+
+
+@dataclass(frozen=True)
+class PretrainText:
+    kind: str
+    prompt: str  # conditioning text, loss-masked
+    answer: str  # supervised text; the adapter appends its end token (END_TOKEN) when training
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.answer + END_TOKEN
+
+
+def _article_list(names: list[str]) -> str:
+    parts = [f"a {n}" for n in names]
+    if len(parts) == 1:
+        return parts[0]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def slot_answer(obj: ObjectFact, objects: list[ObjectFact]) -> str:
+    same = sum(o.name == obj.name for o in objects)
+    return f" [{obj.width},{obj.height},{same},{len(objects)}]"
+
+
+def make_text(
+    objects: list[ObjectFact], vocabulary: list[str], rng: random.Random, kind: str | None = None
+) -> PretrainText:
+    """One pretraining text for an image holding ``objects`` (order irrelevant)."""
+    if not objects:
+        raise ValueError("an image needs at least one object")
+    # Sorting first makes the output independent of the order objects were pasted in.
+    objects = sorted(objects, key=lambda o: (o.name, o.width, o.height))
+    if kind is None:
+        kind = rng.choices(list(TEXT_MIX), weights=list(TEXT_MIX.values()))[0]
+    names = [o.name for o in objects]
+    if kind == "caption":
+        shuffled = names[:]
+        rng.shuffle(shuffled)
+        return PretrainText(kind, IMAGE_TOKEN + "A photo of", " " + _article_list(shuffled) + ".")
+    if kind == "exists":
+        present = sorted(set(names))
+        absent = [v for v in vocabulary if v not in present]
+        if absent and rng.random() < 0.5:
+            name, ans = rng.choice(absent), "no"
+        else:
+            name, ans = rng.choice(present), "yes"
+        return PretrainText(kind, f"{IMAGE_TOKEN}Question: is there a {name}? Answer:", f" {ans}")
+    if kind == "count":
+        counts = Counter(names)
+        if rng.random() < 0.5:
+            return PretrainText(kind, f"{IMAGE_TOKEN}Question: how many objects? Answer:", f" {len(names)}")
+        name = rng.choice(sorted(counts))
+        return PretrainText(kind, f"{IMAGE_TOKEN}Question: how many {name}? Answer:", f" {counts[name]}")
+    if kind == "slot":
+        obj = rng.choice(objects)
+        return PretrainText(kind, IMAGE_TOKEN + PROMPT.format(obj=obj.name), slot_answer(obj, objects))
+    raise ValueError(f"unknown text kind {kind!r}")
+
+
+def words_of(texts_vocabulary: list[str]) -> list[str]:
+    """Every word the pretraining texts can use, for building the mini VLM's tokenizer."""
+    fixed = "a photo of and question is there answer yes no how many objects in the image located at".split()
+    words = set(fixed)
+    for name in texts_vocabulary:
+        words.update(name.split())
+    return sorted(words)
