@@ -161,8 +161,9 @@ class PretrainParams(Section):
     patch: int = Field(8, ge=1)
     vision_width: int = Field(128, ge=8)
     vision_layers: int = Field(4, ge=1)
+    stem: Literal["patch", "conv"] = "conv"  # conv: early convolutions (needs a power-of-2 patch)
     lm_width: int = Field(128, ge=8)
-    lm_layers: int = Field(4, ge=1)
+    lm_layers: int = Field(4, ge=2)  # gated cross-attention sits on every 2nd LM layer
     max_images: int | None = Field(None, ge=1)
     seed: int = 0
 

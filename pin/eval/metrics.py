@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from pin.boxes import box_area, iou, iou_matrix  # noqa: F401  (one IoU for the project; NaN rows give 0)
 from pin.io import atomic_write_bytes, atomic_write_json
 
 FRAME = 224  # the model's input side; size buckets are measured here
@@ -36,28 +37,7 @@ def as_boxes(boxes: Iterable[Box | None] | np.ndarray) -> np.ndarray:
 
 
 def _area(b: np.ndarray) -> np.ndarray:
-    return np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
-
-
-def iou(a: np.ndarray | Sequence[Box], b: np.ndarray | Sequence[Box]) -> np.ndarray:
-    """Row-wise IoU of two (N, 4) xyxy arrays (broadcasting). NaN rows (unparsable) give 0.
-
-    A degenerate or inverted box has area 0 and so IoU 0 with anything.
-    """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = iw * ih
-    union = _area(a) + _area(b) - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-    return np.nan_to_num(out, nan=0.0)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4) x (M, 4) -> (N, M) pairwise IoU."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return iou(a[:, None, :], b[None, :, :])
+    return np.nan_to_num(box_area(b), nan=0.0)
 
 
 def size_bucket(gt_224: np.ndarray | Sequence[Box]) -> np.ndarray:

@@ -59,6 +59,10 @@ class MiniVLMConfig:
     vision_heads: int = 4
     vision_mlp_ratio: float = 4.0
     vision_embed_dim: int = 64  # pooled-embedding projection (unused by the VLM; for CLIP-style pretraining)
+    # "conv": a small convolutional stem instead of the single patchify conv (Xiao et al. 2021,
+    # "Early convolutions help transformers see better"): a ViT trained from scratch on a few
+    # thousand images learns to recognise objects several times faster with it.
+    stem: str = "patch"
     ln_patch_tokens: bool = False  # as OpenFlamingo: patch tokens before the final LayerNorm
     # perceiver resampler
     perceiver_depth: int = 2
@@ -95,6 +99,9 @@ class MiniVLMConfig:
         need(self.lm_width % self.lm_heads == 0, "lm_heads must divide lm_width")
         need(self.xattn_every <= self.lm_layers, "xattn_every must be <= lm_layers")
         need(self.lm_intermediate is None or self.lm_intermediate > 0, "lm_intermediate must be > 0")
+        need(self.stem in ("patch", "conv"), f"stem must be 'patch' or 'conv', got {self.stem!r}")
+        need(self.stem != "conv" or self.patch_size & (self.patch_size - 1) == 0,
+             "the conv stem needs a power-of-2 patch_size")
 
     @property
     def lm_ffn(self) -> int:
@@ -132,6 +139,21 @@ def mini_image_processor(config: MiniVLMConfig):
     return open_clip.image_transform(config.image_size, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD)
 
 
+def conv_stem(patch_size: int, width: int) -> torch.nn.Sequential:
+    """Stride-2 3x3 convolutions down to one token per patch (patch_size must be a power of 2);
+    it replaces VisionTransformer.conv1, so the output shape (B, width, grid, grid) is the same."""
+    n = patch_size.bit_length() - 1
+    if patch_size < 2 or 2**n != patch_size:
+        raise ValueError(f"conv stem needs a power-of-2 patch size, got {patch_size}")
+    chans = [3] + [min(width, 32 * 2**i) for i in range(n - 1)] + [width]
+    layers: list[torch.nn.Module] = []
+    for i in range(n):
+        layers.append(torch.nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1, bias=i == n - 1))
+        if i < n - 1:
+            layers += [torch.nn.BatchNorm2d(chans[i + 1]), torch.nn.ReLU(inplace=True)]
+    return torch.nn.Sequential(*layers)
+
+
 def _build(config: MiniVLMConfig, tokenizer) -> Flamingo:
     from open_clip.transformer import VisionTransformer
 
@@ -153,6 +175,8 @@ def _build(config: MiniVLMConfig, tokenizer) -> Flamingo:
             final_ln_after_pool=not config.ln_patch_tokens,
             output_tokens=True,
         )
+        if config.stem == "conv":
+            visual.conv1 = conv_stem(config.patch_size, config.vision_width)
         lm = FlamingoLlamaForCausalLM(
             LlamaConfig(
                 vocab_size=len(tokenizer),

@@ -102,7 +102,7 @@ def _site_of(visual: torch.nn.Module) -> InsertSite:
     gh, gw = visual.grid_size
     if gh != gw:
         raise ValueError(f"non-square patch grid {gh}x{gw} is not supported")
-    width = visual.conv1.out_channels
+    width = visual.positional_embedding.shape[-1]  # conv1 may be a convolutional stem
     has_cls = getattr(visual, "pool_type", "tok") == "none"  # 'tok'/'avg' drop the CLS token
     return InsertSite(n_positions=gh * gw + int(has_cls), width=width, grid=gh, has_cls=has_cls)
 
