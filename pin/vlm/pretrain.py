@@ -181,8 +181,8 @@ def recognition_report(adapter, features: torch.Tensor, facts: list[list[ObjectF
             outs = adapter.generate(feats, [t.prompt for t in texts], max_new_tokens=20)
             key = "slot_size" if kind == "slot" else kind
             for t, out in zip(texts, outs):
-                if kind == "slot":  # width and height of the named object
-                    qa[key].append(out.strip().split(",")[:2] == t.answer.strip().split(",")[:2])
+                if kind == "slot":  # the named object's size box " [0,0,w,h]"
+                    qa[key].append(out.strip() == t.answer.strip())
                 else:
                     qa[key].append(out.strip() == t.answer.strip())
     precision = tp / max(tp + fp, 1)
@@ -227,7 +227,8 @@ def run_pretrain(p, composed_dir: str = "data/composed", out_dir: str = "models/
         print(f"[pretrain_vlm] warning: {len(missing)} categories never appear in the pretrain split, "
               f"e.g. {missing[:3]}")
     config = MiniVLMConfig(image_size=p.image_size, patch_size=p.patch, vision_width=p.vision_width,
-                           vision_layers=p.vision_layers, lm_width=p.lm_width, lm_layers=p.lm_layers, stem=p.stem)
+                           vision_layers=p.vision_layers, lm_width=p.lm_width, lm_layers=p.lm_layers, stem=p.stem,
+                           gate_init=p.gate_init)
     flamingo, processor, tokenizer = build_mini_flamingo(config, words_of(vocabulary))
 
     u8 = pixels_uint8(p.image_size, images)

@@ -11,11 +11,13 @@ Text kinds (weights in ``TEXT_MIX``):
 - exists:   "<image>Question: is there a cup? Answer: yes<|endofchunk|>" (negatives drawn from
             categories absent from the image)
 - count:    "<image>Question: how many objects? Answer: 2<|endofchunk|>" and per category
-- slot:     "<image>In the image is a dog located at [w,h,n,k]<|endofchunk|>": the answer format
-            with the named object's width and height in the 224 frame (multiples of the grid
-            cell), the number of objects of its category and of all objects. It teaches the
-            frozen LM to look up the named object before writing digits in brackets, without
-            any coordinate.
+- slot:     "<image>In the image is a dog located at [0,0,w,h]<|endofchunk|>": the answer format
+            filled with the named object's SIZE only - the box it would have if it were moved
+            to the top-left corner, the same wherever it really is (w, h: its width and height
+            in the 224 frame, multiples of the grid cell). It teaches the frozen LM to look up
+            the named object before writing a parseable box, without ever saying where it is.
+            (An earlier form, " [w,h,n,k]" with counts in the last two slots, left PIN's
+            answers stuck at x2 < x1: unparsable.)
 """
 from __future__ import annotations
 
@@ -57,9 +59,8 @@ def _article_list(names: list[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def slot_answer(obj: ObjectFact, objects: list[ObjectFact]) -> str:
-    same = sum(o.name == obj.name for o in objects)
-    return f" [{obj.width},{obj.height},{same},{len(objects)}]"
+def slot_answer(obj: ObjectFact) -> str:
+    return f" [0,0,{obj.width},{obj.height}]"
 
 
 def make_text(
@@ -93,7 +94,7 @@ def make_text(
         return PretrainText(kind, f"{IMAGE_TOKEN}Question: how many {name}? Answer:", f" {counts[name]}")
     if kind == "slot":
         obj = rng.choice(objects)
-        return PretrainText(kind, IMAGE_TOKEN + PROMPT.format(obj=obj.name), slot_answer(obj, objects))
+        return PretrainText(kind, IMAGE_TOKEN + PROMPT.format(obj=obj.name), slot_answer(obj))
     raise ValueError(f"unknown text kind {kind!r}")
 
 
