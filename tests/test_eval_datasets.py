@@ -148,7 +148,7 @@ def test_pvoc_malformed_xml(tmp_path):
 
 
 def refcoco(tmp_path: Path) -> dict:
-    data = coco_json(tmp_path / "instances.json", tmp_path / "train2014")
+    coco_json(tmp_path / "instances.json", tmp_path / "train2014")
     refs = [
         {"ref_id": 0, "ann_id": 30, "image_id": 3, "split": "testA", "category_id": 2,
          "sentences": [{"sent": "man on the left", "raw": "Man on the left", "tokens": []},
