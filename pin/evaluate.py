@@ -27,16 +27,14 @@ FRAME = 224
 @torch.no_grad()
 def query_features(vlm: FrozenVLM, queries: list[Query], batch_size: int) -> tuple[torch.Tensor, list[int]]:
     """Patch features per distinct image (an image with 3 objects is encoded once)."""
-    order: dict[object, int] = {}
-    for q in queries:
-        order.setdefault((q.image_path, q.image_id), len(order))
-    firsts = {}
+    firsts: dict[object, Query] = {}  # insertion-ordered: the row of an image is its position here
     for q in queries:
         firsts.setdefault((q.image_path, q.image_id), q)
-    keys = list(order)
+    order = {key: row for row, key in enumerate(firsts)}
+    distinct = list(firsts.values())
     chunks = []
-    for start in tqdm(range(0, len(keys), batch_size), desc="encode images", unit="batch", leave=False):
-        ims = [firsts[k].load_image().resize((FRAME, FRAME)) for k in keys[start:start + batch_size]]
+    for start in tqdm(range(0, len(distinct), batch_size), desc="encode images", unit="batch", leave=False):
+        ims = [q.load_image().resize((FRAME, FRAME)) for q in distinct[start:start + batch_size]]
         chunks.append(vlm.patch_features(vlm.preprocess(ims)).float().cpu())
     feats = torch.cat(chunks) if chunks else torch.empty(0)
     return feats, [order[(q.image_path, q.image_id)] for q in queries]

@@ -8,7 +8,6 @@ uninterrupted one would.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time

@@ -18,14 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pin.categories import readable
 from pin.composed import ComposedImage
 from pin.vlm.pretrain_text import ObjectFact, PretrainText, make_text
 
-
-def readable(category: str) -> str:
-    from pin.categories import readable as _readable
-
-    return _readable(category)
 
 
 def facts_of(image: ComposedImage) -> list[ObjectFact]:
@@ -67,7 +63,6 @@ def pretrain_vision(flamingo, u8: torch.Tensor, labels: torch.Tensor, *, steps: 
                     seed: int, eval_u8: torch.Tensor | None = None, eval_labels: torch.Tensor | None = None
                     ) -> VisionResult:
     visual = flamingo.vision_encoder
-    width = visual.transformer.width if hasattr(visual, "transformer") else None
     with torch.no_grad():
         width = visual(normalise(u8[:1]))[1].shape[-1]
     head = torch.nn.Linear(width, labels.shape[1])
@@ -203,6 +198,15 @@ def _names_in(caption: str, vocab_sorted: list[str]) -> list[str]:
     return found
 
 
+def multi_hot(images: list[ComposedImage], index: dict[str, int]) -> torch.Tensor:
+    """Image-level labels (N, classes): which categories an image holds, not where."""
+    labels = torch.zeros(len(images), len(index))
+    for row, im in enumerate(images):
+        for o in im.objects:
+            labels[row, index[readable(o.category)]] = 1
+    return labels
+
+
 def category_vocabulary(images: list[ComposedImage]) -> list[str]:
     return sorted({readable(o.category) for im in images for o in im.objects})
 
@@ -233,15 +237,9 @@ def run_pretrain(p, composed_dir: str = "data/composed", out_dir: str = "models/
 
     u8 = pixels_uint8(p.image_size, images)
     index = {name: i for i, name in enumerate(vocabulary)}
-    labels = torch.zeros(len(images), len(vocabulary))
-    for row, im in enumerate(images):
-        for o in im.objects:
-            labels[row, index[readable(o.category)]] = 1
+    labels = multi_hot(images, index)
     probe_u8 = pixels_uint8(p.image_size, probe)
-    probe_labels = torch.zeros(len(probe), len(vocabulary))
-    for row, im in enumerate(probe):
-        for o in im.objects:
-            probe_labels[row, index[readable(o.category)]] = 1
+    probe_labels = multi_hot(probe, index)
     vis = pretrain_vision(flamingo, u8, labels, steps=p.vision_steps, lr=p.vision_lr, batch_size=p.batch_size,
                           seed=p.seed, eval_u8=probe_u8, eval_labels=probe_labels)
 
