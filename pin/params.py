@@ -167,9 +167,33 @@ class PretrainParams(Section):
     # of steps (measured: image-conditioned loss = shuffled-image loss after 1,000 steps).
     gate_init: float = 1.0
     lm_width: int = Field(128, ge=8)
-    lm_layers: int = Field(4, ge=2)  # gated cross-attention sits on every 2nd LM layer
+    lm_layers: int = Field(4, ge=2)
+    xattn_every: int = Field(2, ge=1)  # gated cross-attention on every n-th LM layer
+    lm_batch_size: int | None = Field(None, ge=1)  # None: batch_size
+    # Pretraining texts (pin.vlm.pretrain_text): the mix of kinds and where slot boxes sit.
+    text_mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.25, "exists": 0.3, "count": 0.15,
+                                                                "slot": 0.3})
+    slot: Literal["origin", "anywhere"] = "origin"
+    device: str = "cpu"  # cpu | cuda | auto (the shipped asset was pretrained on a GPU)
+    # train: pretrain here (minutes on a CPU); asset: copy the pretrained weights shipped in the
+    # repo (scripts/build_mini_vlm.py made them, the same code on a GPU, longer).
+    source: Literal["train", "asset"] = "train"
+    asset: str = "assets/mini_vlm"
     max_images: int | None = Field(None, ge=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_text_kinds(self):
+        from pin.vlm.pretrain_text import TEXT_MIX
+
+        unknown = sorted(set(self.text_mix) - set(TEXT_MIX))
+        if unknown:
+            raise ValueError(f"text_mix: unknown text kinds {unknown}; known: {sorted(TEXT_MIX)}")
+        if any(w < 0 for w in self.text_mix.values()) or sum(self.text_mix.values()) <= 0:
+            raise ValueError("text_mix: weights must be >= 0 with a positive sum")
+        if self.lm_layers < self.xattn_every:
+            raise ValueError("xattn_every must be <= lm_layers")
+        return self
 
 
 class TrainParams(Section):

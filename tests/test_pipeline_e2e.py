@@ -36,7 +36,7 @@ SMALL = {
     "filter": {"min_per_class": 2},
     "compose": {"image_size": 112, "n_train": 64, "n_val": 16, "n_heldout": 24, "n_pretrain": 64,
                 "shard_size": 32, "workers": 1},
-    "pretrain": {"vision_steps": 3, "lm_steps": 3, "batch_size": 8, "vision_width": 32, "vision_layers": 1,
+    "pretrain": {"source": "train", "vision_steps": 3, "lm_steps": 3, "batch_size": 8, "vision_width": 32, "vision_layers": 1,
                  "lm_width": 32, "lm_layers": 2},
     "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 1},
     "eval": {"max_queries": 16, "batch_size": 8, "random_draws": 2, "gallery_size": 4},

@@ -123,6 +123,47 @@ def _lm_takes_position_ids(lang_encoder: torch.nn.Module) -> bool:
     return "position_ids" in params
 
 
+class TeacherForcing:
+    """Prompt + answer texts -> right-padded ``(input_ids, attention_mask, labels)`` on the host.
+
+    Holds only the tokenizer and three ids, so DataLoader workers can run it (pickled) while the
+    model trains. Prompt and answer are tokenised separately and concatenated (the boundary is
+    the one ``generate`` sees); ``labels`` is ``IGNORE_INDEX`` on the prompt and the padding."""
+
+    def __init__(self, tokenizer, media_token_id: int, answer_end: str, pad_token_id: int) -> None:
+        self.tokenizer, self.media_token_id = tokenizer, media_token_id
+        self.answer_end, self.pad_token_id = answer_end, pad_token_id
+
+    def tokenize(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+        if not texts:
+            return []
+        return self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+
+    def prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+        rows = self.tokenize(prompts, add_special_tokens=True)
+        for p, row in zip(prompts, rows):
+            if row.count(self.media_token_id) != 1:
+                raise ValueError(f"prompt must hold exactly one {MEDIA_TOKEN} token: {p!r}")
+        return rows
+
+    def __call__(self, prompts: Sequence[str], answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if len(prompts) != len(answers):
+            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        p_rows = self.prompt_ids(prompts)
+        a_rows = self.tokenize([a + self.answer_end for a in answers], add_special_tokens=False)
+        length = max(len(p) + len(a) for p, a in zip(p_rows, a_rows))
+        b = len(p_rows)
+        ids = torch.full((b, length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((b, length), dtype=torch.long)
+        labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
+        for i, (p, a) in enumerate(zip(p_rows, a_rows)):
+            n = len(p) + len(a)
+            ids[i, :n] = torch.tensor(p + a)
+            mask[i, :n] = 1
+            labels[i, len(p):n] = torch.tensor(a)
+        return ids, mask, labels
+
+
 class OpenFlamingoAdapter(FrozenVLM):
     """A frozen OpenFlamingo (or a model built from the same parts, like the mini VLM).
 
@@ -168,6 +209,7 @@ class OpenFlamingoAdapter(FrozenVLM):
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.end_token_id
         self._position_ids = _lm_takes_position_ids(flamingo.lang_encoder)
+        self.teacher_forcing = TeacherForcing(tokenizer, flamingo.media_token_id, answer_end, self.pad_token_id)
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -183,41 +225,18 @@ class OpenFlamingoAdapter(FrozenVLM):
         return self
 
     def _tokenize(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
-        if not texts:
-            return []
-        return self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+        return self.teacher_forcing.tokenize(texts, add_special_tokens)
 
     def _prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
-        rows = self._tokenize(prompts, add_special_tokens=True)
-        media = self.flamingo.media_token_id
-        for p, row in zip(prompts, rows):
-            if row.count(media) != 1:
-                raise ValueError(f"prompt must hold exactly one {MEDIA_TOKEN} token: {p!r}")
-        return rows
+        return self.teacher_forcing.prompt_ids(prompts)
 
     def teacher_forcing_batch(
         self, prompts: Sequence[str], answers: Sequence[str]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-padded ``(input_ids, attention_mask, labels)`` for prompt + answer + end token.
-
-        Prompt and answer are tokenised separately and concatenated (the boundary is the one
-        ``generate`` sees); ``labels`` is ``IGNORE_INDEX`` on the prompt and the padding."""
-        if len(prompts) != len(answers):
-            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-        p_rows = self._prompt_ids(prompts)
-        a_rows = self._tokenize([a + self.answer_end for a in answers], add_special_tokens=False)
-        length = max(len(p) + len(a) for p, a in zip(p_rows, a_rows))
-        b = len(p_rows)
-        ids = torch.full((b, length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((b, length), dtype=torch.long)
-        labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
-        for i, (p, a) in enumerate(zip(p_rows, a_rows)):
-            n = len(p) + len(a)
-            ids[i, :n] = torch.tensor(p + a)
-            mask[i, :n] = 1
-            labels[i, len(p):n] = torch.tensor(a)
+        """Right-padded ``(input_ids, attention_mask, labels)`` on the model's device (see
+        :class:`TeacherForcing`)."""
         dev = self.device
-        return ids.to(dev), mask.to(dev), labels.to(dev)
+        return tuple(t.to(dev) for t in self.teacher_forcing(prompts, answers))
 
     def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(len(r) for r in rows)
