@@ -67,7 +67,7 @@ PROFILE = {
     "filter": {"min_per_class": 2},
     "compose": {"image_size": 112, "n_train": 256, "n_val": 16, "n_heldout": 32, "n_pretrain": 256,
                 "shard_size": 16, "workers": 1},
-    "pretrain": {"vision_steps": 30, "lm_steps": 30, "batch_size": 8, "vision_width": 32,
+    "pretrain": {"source": "train", "vision_steps": 30, "lm_steps": 30, "batch_size": 8, "vision_width": 32,
                  "vision_layers": 1, "lm_width": 32, "lm_layers": 2},
     "train": {"steps": 200, "batch_size": 8, "checkpoint_every": 10, "log_every": 2},
     "eval": {"max_queries": 16, "batch_size": 8, "random_draws": 2, "gallery_size": 4},

@@ -67,7 +67,7 @@ TINY = {
     "filter": {"min_per_class": 1},
     "compose": {"image_size": 112, "n_train": 16, "n_val": 8, "n_heldout": 8, "n_pretrain": 16,
                 "shard_size": 8, "workers": 1},
-    "pretrain": {"vision_steps": 2, "lm_steps": 2, "batch_size": 4, "vision_width": 32, "vision_layers": 1,
+    "pretrain": {"source": "train", "vision_steps": 2, "lm_steps": 2, "batch_size": 4, "vision_width": 32, "vision_layers": 1,
                  "lm_width": 32, "lm_layers": 2},
     "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 1, "log_every": 1},
     "eval": {"max_queries": 4, "batch_size": 4, "random_draws": 1, "gallery_size": 2},
