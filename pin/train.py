@@ -1,10 +1,12 @@
-"""The PIN training loop: next-token loss on box answers, only the insert learns (Sec. 4.1).
+"""The training loop: next-token loss on box answers, only the method's parameters learn (Sec. 4.1).
 
-The same loop runs on 1 CPU, 1 GPU or N GPUs (``accelerate launch``). The frozen vision
-encoder's patch features are computed once per image and reused across steps
-(``train.cache_features``): PIN is added after the encoder, so nothing upstream changes.
-Batches are a pure function of (seed, step), so a resumed run sees exactly the data an
-uninterrupted one would.
+It trains PIN or any baseline of :mod:`pin.methods` (params ``method``). The same loop runs on
+1 CPU, 1 GPU or N GPUs (``accelerate launch``; N GPUs tested for the methods on cached features
+only). The frozen vision encoder's patch features are computed once per image and reused across
+steps: PIN, VPT on the fusion network and CoOp act after the encoder, so nothing upstream
+changes. Methods that change the encoder (VPT on the vision encoder, LoRA) run it on every
+batch instead, with gradients flowing through it. Batches are a pure function of (seed, step),
+so a resumed run sees exactly the data an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from pin.boxes import BoxCodec
 from pin.composed import ComposedImage
 from pin.insert import PositionalInsert
 from pin.io import atomic_write_json
+from pin.methods.base import Method
+from pin.methods.insert import PinMethod
 from pin.vlm.base import FrozenVLM
 
 
@@ -65,15 +69,15 @@ class TrainResult:
 
 
 class Checkpointer:
-    """Atomic checkpoints of the insert + optimiser; the last complete one wins on resume."""
+    """Atomic checkpoints of the method's trainable state + optimiser; the last complete one wins on resume."""
 
     def __init__(self, directory: Path):
         self.dir = directory
 
-    def save(self, step: int, insert: torch.nn.Module, optimizer: torch.optim.Optimizer, history: list) -> None:
+    def save(self, step: int, method: Method, optimizer: torch.optim.Optimizer, history: list) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".ckpt.{step}.tmp"
-        torch.save({"step": step, "insert": insert.state_dict(), "optimizer": optimizer.state_dict(),
+        torch.save({"step": step, "method": method.trainable_state(), "optimizer": optimizer.state_dict(),
                     "history": history}, tmp)
         tmp.replace(self.dir / "last.pt")
 
@@ -84,24 +88,45 @@ class Checkpointer:
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def evaluate_loss(vlm: FrozenVLM, insert: PositionalInsert, feats: torch.Tensor, images: list[ComposedImage],
+class BatchFeatures:
+    """The fusion network's inputs for a batch of image indices: rows of the cached patch features,
+    or - for a method that changes the encoder - the encoder run on the decoded images."""
+
+    def __init__(self, vlm: FrozenVLM, method: Method, images: list[ComposedImage], desc: str):
+        self.vlm, self.method, self.images = vlm, method, images
+        self.cache = None if method.encodes_pixels else compute_features(vlm, images, desc=desc)
+
+    def __call__(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache[idx].to(device, torch.float32)
+        pixels = self.vlm.preprocess([self.images[int(i)].pil() for i in idx])
+        return self.method.features(self.vlm, pixels).to(device, torch.float32)
+
+
+def evaluate_loss(vlm: FrozenVLM, method: Method, feats: BatchFeatures, images: list[ComposedImage],
                   codec: BoxCodec, seed: int, n_batches: int, batch_size: int) -> float:
-    insert.eval()
+    method.eval()
     losses = []
     with torch.no_grad():
         for b in range(n_batches):
             samples = make_samples(images, codec, seed * 1_000_003 + b, batch_size)
             idx = torch.tensor([s.image_index for s in samples])
-            loss = vlm.answer_loss(feats[idx].to(vlm.device, torch.float32), [vlm.prompt(s.prompt) for s in samples],
-                                   [s.answer for s in samples], insert())
+            loss = vlm.answer_loss(feats(idx, vlm.device), [vlm.prompt(s.prompt) for s in samples],
+                                   [s.answer for s in samples], **method.conditioning())
             losses.append(float(loss))
-    insert.train()
+    method.train()
     return sum(losses) / max(len(losses), 1)
 
 
-def train_insert(
+def train_insert(vlm: FrozenVLM, insert: PositionalInsert, train_images: list[ComposedImage], codec: BoxCodec,
+                 **kwargs) -> TrainResult:
+    """Train a PositionalInsert (PIN); see :func:`train_method` for the arguments."""
+    return train_method(vlm, PinMethod(insert), train_images, codec, **kwargs)
+
+
+def train_method(
     vlm: FrozenVLM,
-    insert: PositionalInsert,
+    method: Method,
     train_images: list[ComposedImage],
     codec: BoxCodec,
     *,
@@ -119,18 +144,20 @@ def train_insert(
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    if not method.trains:
+        raise ValueError(f"method {method.name} trains nothing")
     torch.manual_seed(seed)
-    feats = compute_features(vlm, train_images, desc="train features")
-    val_feats = compute_features(vlm, val_images, desc="val features") if val_images else None
+    feats = BatchFeatures(vlm, method, train_images, desc="train features")
+    val_feats = BatchFeatures(vlm, method, val_images, desc="val features") if val_images else None
 
-    optimizer = torch.optim.Adam(insert.parameters(), lr=lr)
-    insert, optimizer = accelerator.prepare(insert, optimizer)
+    optimizer = torch.optim.Adam(method.trainable_parameters(), lr=lr)
+    model, optimizer = accelerator.prepare(method, optimizer)
     ckpt = Checkpointer(checkpoint_dir)
     history: list[dict] = []
     start_step = 0
     state = ckpt.load()
     if state is not None and state["step"] <= steps:
-        accelerator.unwrap_model(insert).load_state_dict(state["insert"])
+        method.load_trainable_state(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         start_step, history = state["step"], state["history"]
         accelerator.print(f"resuming from step {start_step}")
@@ -139,16 +166,15 @@ def train_insert(
     per_rank = max(1, batch_size // world)
     t0 = time.perf_counter()
     loss_ema = None
-    bar = tqdm(range(start_step, steps), desc="train PIN", unit="step", disable=not accelerator.is_main_process,
-               initial=start_step, total=steps)
+    bar = tqdm(range(start_step, steps), desc=f"train {method.name}", unit="step",
+               disable=not accelerator.is_main_process, initial=start_step, total=steps)
     for step in bar:
         samples = make_samples(train_images, codec, seed * 1_000_003 + step, batch_size)
         samples = samples[rank * per_rank : (rank + 1) * per_rank]  # each process its slice of the same batch
         idx = torch.tensor([s.image_index for s in samples])
         with accelerator.autocast():
-            loss = vlm.answer_loss(feats[idx].to(accelerator.device, torch.float32),
-                                   [vlm.prompt(s.prompt) for s in samples], [s.answer for s in samples],
-                                   insert())
+            loss = vlm.answer_loss(feats(idx, accelerator.device), [vlm.prompt(s.prompt) for s in samples],
+                                   [s.answer for s in samples], **model())
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
@@ -166,23 +192,22 @@ def train_insert(
                     live.log_metric(f"train/{k}", record[k])
                 live.next_step()
         if accelerator.is_main_process and (done % checkpoint_every == 0 and done < steps):
-            ckpt.save(done, accelerator.unwrap_model(insert), optimizer, history)
+            ckpt.save(done, method, optimizer, history)
 
     seconds = time.perf_counter() - t0
-    model = accelerator.unwrap_model(insert)
     val_loss = None
     if val_feats is not None:
-        val_loss = evaluate_loss(vlm, model, val_feats, val_images, codec, seed + 1, n_batches=4, batch_size=batch_size)
+        val_loss = evaluate_loss(vlm, method, val_feats, val_images, codec, seed + 1, n_batches=4,
+                                 batch_size=batch_size)
     final = loss_ema if loss_ema is not None else (history[-1]["loss_ema"] if history else math.nan)
     rate = (steps - start_step) * batch_size / seconds if steps > start_step else 0.0
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return TrainResult(steps, float(final), val_loss, rate, n_params, seconds)
+    return TrainResult(steps, float(final), val_loss, rate, method.n_trainable_params, seconds)
 
 
 def write_train_metrics(path: Path, result: TrainResult, extra: dict) -> None:
     atomic_write_json(path, {
         "steps": result.steps,
-        "final_loss": round(result.final_loss, 4),
+        "final_loss": None if math.isnan(result.final_loss) else round(result.final_loss, 4),
         "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
         "samples_per_s": round(result.samples_per_s, 1),
         "trainable_params": result.trainable_params,
@@ -191,34 +216,45 @@ def write_train_metrics(path: Path, result: TrainResult, extra: dict) -> None:
     })
 
 
-def run_train(vlm_p, pin_p, train_p, grid: int, composed_dir: str = "data/composed", out_dir: str = "models/pin",
+def run_train(vlm_p, pin_p, train_p, grid: int, method: str = "pin", baselines_p=None,
+              composed_dir: str = "data/composed", out_dir: str = "models/pin",
               metrics_path: str = "metrics/train.json", live_dir: str = "metrics/train_live") -> str:
-    """The train stage: load the frozen VLM, train a PositionalInsert, save it and its metrics."""
+    """The train stage: load the frozen VLM, train the chosen method (PIN by default), save it
+    and its metrics. A method that trains nothing (raw, random, incontext) is saved as its config,
+    with zero trainable parameters and no training curve."""
+    import shutil
+
     from dvclive import Live
 
     from pin.composed import read_split
-    from pin.insert import InsertConfig
+    from pin.methods import build_method
+    from pin.params import BaselinesParams
     from pin.vlm.registry import load_vlm
 
     vlm = load_vlm(vlm_p)
     codec = BoxCodec(grid)
-    cfg = InsertConfig.for_site(vlm.site, layers=pin_p.layers, table=pin_p.table, layout=pin_p.layout,
-                                hidden=tuple(pin_p.hidden) if pin_p.hidden else None)
     torch.manual_seed(train_p.seed)
-    insert = PositionalInsert(cfg)
+    trained = build_method(method, vlm, pin_p, baselines_p or BaselinesParams())
+    extra = {"method": method, "vlm": vlm.name, **({"insert_layers": pin_p.layers} if method == "pin" else {})}
+    if not trained.trains:
+        trained.save_pretrained(out_dir)
+        with Live(live_dir, save_dvc_exp=False, dvcyaml=False):
+            pass  # an empty summary: the stage declares these outputs for every method
+        (Path(live_dir) / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
+        write_train_metrics(Path(metrics_path), TrainResult(0, math.nan, None, 0.0, 0, 0.0),
+                            {**extra, "n_train_images": 0})
+        return f"method {method} trains nothing; evaluated as it is"
+
     train_images = read_split(Path(composed_dir) / "train", limit=train_p.max_images)
     val_images = read_split(Path(composed_dir) / "val", limit=512)
     ckpt_dir = Path(out_dir).with_name(Path(out_dir).name + "_checkpoints")
     with Live(live_dir, save_dvc_exp=False, dvcyaml=False, resume=(ckpt_dir / "last.pt").exists()) as live:
-        result = train_insert(vlm, insert, train_images, codec, steps=train_p.steps, batch_size=train_p.batch_size,
+        result = train_method(vlm, trained, train_images, codec, steps=train_p.steps, batch_size=train_p.batch_size,
                               lr=train_p.lr, seed=train_p.seed, checkpoint_dir=ckpt_dir,
                               checkpoint_every=train_p.checkpoint_every, log_every=train_p.log_every,
                               val_images=val_images, live=live)
-    insert.save_pretrained(out_dir)
-    write_train_metrics(Path(metrics_path), result, {"vlm": vlm.name, "insert_layers": pin_p.layers,
-                                                     "n_train_images": len(train_images)})
-    import shutil
-
+    trained.save_pretrained(out_dir)
+    write_train_metrics(Path(metrics_path), result, {**extra, "n_train_images": len(train_images)})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return (f"{result.trainable_params:,} trainable params, {result.steps} steps, loss {result.final_loss:.4f}"
-            f" (val {result.val_loss:.4f}), {result.samples_per_s:.0f} samples/s")
+    return (f"{method}: {result.trainable_params:,} trainable params, {result.steps} steps, loss "
+            f"{result.final_loss:.4f} (val {result.val_loss:.4f}), {result.samples_per_s:.0f} samples/s")

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Table 1 (and the in-context row of Table 2) on the held-out synthetic split: PIN and the paper's
+# baselines queued as DVC experiments of the same pipeline, run one after the other, then shown.
+#
+#   bash scripts/baselines_sweep.sh                       # the offline default, as committed
+#   bash scripts/baselines_sweep.sh -S train.steps=50 -S eval.max_queries=64   # a quick smoke run
+#
+# Extra arguments go to every `dvc exp run --queue` (the same overrides for every method).
+# METHODS and JOBS (parallel experiments; default 1) can be set in the environment.
+# Needs the upstream stages (generate .. pretrain_vlm) in the DVC cache: only train and
+# evaluate run per experiment. The venv must be active (the stages call `python`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+METHODS=${METHODS:-"pin vpt_fusion vpt_vision coop_llm lora_vision incontext"}
+for method in $METHODS; do
+  dvc exp run --queue -S "method=$method" "$@"
+done
+dvc exp run --run-all --jobs "${JOBS:-1}"
+
+# The relevant columns only: the method, each method's own metrics row, parameter counts.
+dvc exp show --no-pager --drop '.*' \
+  --keep '^(Experiment|Created|method)$' \
+  --keep '(pin|vpt_fusion|vpt_vision|coop_llm|lora_vision|incontext_[0-9]+|raw|random)\.(miou|miou_m|miou_l)$' \
+  --keep 'trainable_params'
+dvc exp show --json > "${TMPDIR:-/tmp}/pin_baselines_exps.json"
+python scripts/baselines_table.py "${TMPDIR:-/tmp}/pin_baselines_exps.json"
