@@ -11,6 +11,9 @@
 # evaluate run per experiment. The venv must be active (the stages call `python`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Queued experiments run in temporary copies of the repository; without this an editable install
+# would import the checkout's pin/ instead of the copy's (the stages run in the copy's root).
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 
 METHODS=${METHODS:-"pin vpt_fusion vpt_vision coop_llm lora_vision incontext"}
 for method in $METHODS; do
