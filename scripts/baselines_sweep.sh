@@ -21,10 +21,10 @@ for method in $METHODS; do
 done
 dvc exp run --run-all --jobs "${JOBS:-1}"
 
-# The relevant columns only: the method, each method's own metrics row, parameter counts.
-dvc exp show --no-pager --drop '.*' \
-  --keep '^(Experiment|Created|method)$' \
-  --keep '(pin|vpt_fusion|vpt_vision|coop_llm|lora_vision|incontext_[0-9]+|raw|random)\.(miou|miou_m|miou_l)$' \
-  --keep 'trainable_params'
+# The relevant columns only (DVC matches these regexes from the start of the column name): the
+# method, its parameter count and its own mIoU row. The full table follows from the JSON.
+dvc exp show --no-pager --md --drop '.*' \
+  --keep '^(Experiment|Created|params\.yaml:method|trainable_params)$' \
+  --keep '(pin|vpt_fusion|vpt_vision|coop_llm|lora_vision|incontext_[0-9]+)\.miou$'
 dvc exp show --json > "${TMPDIR:-/tmp}/pin_baselines_exps.json"
 python scripts/baselines_table.py "${TMPDIR:-/tmp}/pin_baselines_exps.json"

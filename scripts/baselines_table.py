@@ -73,8 +73,9 @@ def main(argv: list[str]) -> int:
     for name in [n for n in ORDER if n in rows]:
         r = rows[name]
         params = n_params.get("incontext" if name.startswith("incontext_") else name, 0)
+        paper = f"{PAPER_COCO[name]:.2f}" if name in PAPER_COCO else "-"
         print(f"| {name} | {cell(r, 'miou')} | {cell(r, 'miou_m')} | {cell(r, 'miou_l')} | {cell(r, 'p50')} | "
-              f"{cell(r, 'parse_rate')} | {params:,} | {PAPER_COCO.get(name, '-')} |")
+              f"{cell(r, 'parse_rate')} | {params:,} | {paper} |")
     ours = [n for n in ORDER if n in rows and n in PAPER_COCO]
     by_ours = sorted(ours, key=lambda n: rows[n]["miou"])
     by_paper = sorted(ours, key=lambda n: PAPER_COCO[n])

@@ -104,6 +104,7 @@ def test_save_and_load_gives_the_same_answers(name, tmp_path, train_method_steps
     other = fresh_vlm()  # same seed: the same frozen VLM, without the trained method
     loaded = load_method(tmp_path / "m", other)
     assert type(loaded) is type(method) and loaded.n_trainable_params == method.n_trainable_params
+    assert type(method).build(fresh_vlm(), **method.config()).config() == method.config()
 
     def loss(vlm, m):
         with torch.no_grad():

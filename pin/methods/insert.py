@@ -33,7 +33,9 @@ class PinMethod(Method):
         self.insert.load_state_dict(state, strict=True)
 
     def config(self) -> dict:
-        return self.insert.config.to_dict()
+        # the insert's own sizes; n_positions, width and has_cls come from the VLM (build)
+        site_keys = ("n_positions", "width", "has_cls")
+        return {k: v for k, v in self.insert.config.to_dict().items() if k not in site_keys}
 
     def save_pretrained(self, folder: str | Path) -> None:
         self.insert.save_pretrained(folder)
