@@ -1,11 +1,11 @@
 """The training loop: next-token loss on box answers, only the method's parameters learn (Sec. 4.1).
 
 It trains PIN or any baseline of :mod:`pin.methods` (params ``method``). The same loop runs on
-1 CPU, 1 GPU or N GPUs (``accelerate launch``; N GPUs tested for the methods on cached features
-only). The frozen vision encoder's patch features are computed once per image and reused across
-steps: PIN, VPT on the fusion network and CoOp act after the encoder, so nothing upstream
-changes. Methods that change the encoder (VPT on the vision encoder, LoRA) run it on every
-batch instead, with gradients flowing through it. Batches are a pure function of (seed, step),
+1 CPU, 1 GPU or N GPUs (``accelerate launch``). The frozen vision encoder's patch features are
+computed once per image and reused across steps: PIN, VPT on the fusion network and CoOp act
+after the encoder, so nothing upstream changes. Methods that change the encoder (VPT on the
+vision encoder, LoRA) run it on every batch instead, with gradients flowing through it; they
+train in one process (their parameters act outside the module DDP would wrap). Batches are a pure function of (seed, step),
 so a resumed run sees exactly the data an uninterrupted one would.
 """
 from __future__ import annotations
@@ -146,6 +146,8 @@ def train_method(
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     if not method.trains:
         raise ValueError(f"method {method.name} trains nothing")
+    if method.encodes_pixels and accelerator.num_processes > 1:
+        raise ValueError(f"method {method.name} trains in one process (run stages/train.py without accelerate launch)")
     torch.manual_seed(seed)
     feats = BatchFeatures(vlm, method, train_images, desc="train features")
     val_feats = BatchFeatures(vlm, method, val_images, desc="val features") if val_images else None
