@@ -43,8 +43,12 @@ def read_split(split_dir: str | Path, limit: int | None = None) -> list[Composed
     out: list[ComposedImage] = []
     cols = ["image_id", "image", "width", "height", "objects"]
     for path in shard_paths(split_dir):
-        table = pq.read_table(path, columns=cols)
-        for row in table.to_pylist():
+        try:
+            rows = pq.read_table(path, columns=cols).to_pylist()
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise PinError(f"{path}: not a readable shard ({type(err).__name__}: {err}); delete it and "
+                           "rerun `dvc repro compose` (the other shards are kept)") from None
+        for row in rows:
             objs = tuple(
                 ComposedObject(
                     category=o["category"],

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from pin.boxes import BoxCodec
 from pin.eval import baselines, metrics
+from pin.errors import PinError
 from pin.eval.datasets import Query, load_queries
 from pin.eval.gallery import gallery, size_bucket_bars
 from pin.methods.base import Method
@@ -29,19 +30,53 @@ FRAME = 224
 
 
 @torch.no_grad()
-def query_features(vlm: FrozenVLM, queries: list[Query], batch_size: int) -> tuple[torch.Tensor, list[int]]:
-    """Patch features per distinct image (an image with 3 objects is encoded once)."""
-    firsts: dict[object, Query] = {}  # insertion-ordered: the row of an image is its position here
+def query_features(vlm: FrozenVLM, queries: list[Query], batch_size: int
+                   ) -> tuple[torch.Tensor, list[int], list[Path]]:
+    """Patch features per distinct image (an image with 3 objects is encoded once).
+
+    Returns (features, the feature row of each query, the images that could not be decoded); a
+    query whose image cannot be decoded (truncated, corrupt) gets row -1."""
+    firsts: dict[object, Query] = {}  # insertion-ordered
     for q in queries:
         firsts.setdefault((q.image_path, q.image_id), q)
-    order = {key: row for row, key in enumerate(firsts)}
-    distinct = list(firsts.values())
+    distinct = list(firsts.items())
+    order: dict[object, int] = {}
+    unreadable: list[Path] = []
     chunks = []
     for start in tqdm(range(0, len(distinct), batch_size), desc="encode images", unit="batch", leave=False):
-        ims = [q.load_image().resize((FRAME, FRAME)) for q in distinct[start:start + batch_size]]
-        chunks.append(vlm.patch_features(vlm.preprocess(ims)).float().cpu())
+        ims = []
+        for key, q in distinct[start:start + batch_size]:
+            try:
+                ims.append(q.load_image().resize((FRAME, FRAME)))
+            except PinError:
+                unreadable.append(q.image_path)
+                continue
+            order[key] = len(order)
+        if ims:
+            chunks.append(vlm.patch_features(vlm.preprocess(ims)).float().cpu())
     feats = torch.cat(chunks) if chunks else torch.empty(0)
-    return feats, [order[(q.image_path, q.image_id)] for q in queries]
+    return feats, [order.get((q.image_path, q.image_id), -1) for q in queries], unreadable
+
+
+def drop_unreadable(dataset: str, queries: list[Query], rows: list[int], unreadable: list[Path],
+                    stats: dict, max_missing: float) -> tuple[list[Query], list[int]]:
+    """Skip the queries of images that cannot be decoded (counted in ``n_unreadable_images``);
+    more than ``eval.max_missing`` of the images unreadable is an error naming the first."""
+    stats["n_unreadable_images"] = len(unreadable)
+    if not unreadable:
+        return queries, rows
+    n_images = len({(q.image_path, q.image_id) for q in queries})
+    if len(unreadable) > max_missing * n_images:
+        raise PinError(f"{unreadable[0]}: {len(unreadable)} of {n_images} {dataset} images cannot be decoded "
+                       f"(truncated or corrupt; eval.max_missing={max_missing:g})")
+    keep = [i for i, r in enumerate(rows) if r >= 0]
+    if not keep:
+        raise PinError(f"{unreadable[0]}: none of the {n_images} selected {dataset} images can be decoded")
+    queries, rows = [queries[i] for i in keep], [rows[i] for i in keep]
+    print(f"[evaluate@{dataset}] warning: skipped {len(unreadable)} unreadable {dataset} images, e.g. {unreadable[0]}")
+    stats["n_queries"] = len(queries)
+    stats["n_images"] = len({q.image_id for q in queries})
+    return queries, rows
 
 
 @torch.no_grad()
@@ -110,7 +145,8 @@ def run_evaluate(dataset: str, eval_p, vlm: FrozenVLM, method: Method, grid: int
     queries, stats = load_queries(dataset, eval_p)
     codec = BoxCodec(grid)
     max_new = codec.max_answer_chars + 2
-    feats, rows = query_features(vlm, queries, eval_p.batch_size)
+    feats, rows, unreadable = query_features(vlm, queries, eval_p.batch_size)
+    queries, rows = drop_unreadable(dataset, queries, rows, unreadable, stats, eval_p.max_missing)
     texts = [q.text for q in queries]
     gt = np.array([q.gt_box_224 for q in queries], dtype=float)
     image_ids = [q.image_id for q in queries]

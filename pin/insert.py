@@ -177,6 +177,9 @@ class PositionalInsert(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "PositionalInsert":
         folder = Path(folder)
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise PinError(f"{folder}: not a saved PositionalInsert (no config.json and model.safetensors); "
+                           "train one with `dvc repro train`")
         try:
             raw = json.loads((folder / "config.json").read_text())["pin_insert"]
             config = InsertConfig.from_dict(raw)

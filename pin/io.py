@@ -43,6 +43,25 @@ def tmp_path_for(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def remove_temp_files(root: str | Path) -> int:
+    """Delete the temporary files a killed writer left under ``root`` (``.<name>.<suffix>.tmp``,
+    from :func:`atomic_write_bytes` and :func:`tmp_path_for`); returns how many. Only a stage that
+    owns ``root`` calls this, before it writes: no live writer can be cut off."""
+    import shutil
+
+    n = 0
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    for p in sorted(root.rglob(".*.tmp")):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
 def fingerprint(obj: Any) -> str:
     """Stable short hash of a JSON-able config: a resumed run only reuses work made with the same one."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

@@ -5,6 +5,9 @@ the wrong type stops that stage with a message naming the key (``compose.o_max: 
 """
 from __future__ import annotations
 
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -16,8 +19,32 @@ class ParamsError(ValueError):
     """A bad params file or value; the message names the offending key."""
 
 
+def _numeric(annotation) -> bool:
+    """int / float / an optional one (not bool: pydantic's lax mode would read `true` as 1)."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        return bool not in args and any(_numeric(a) for a in args)
+    return False
+
+
 class Section(BaseModel):
+    """A params.yaml section. Validators name their key by starting the message with it
+    (``"grid: must divide ..."``); :func:`_format_error` prefixes the section."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data):
+        # pydantic's lax mode reads `true` as 1: for a number that is a typo, not a value
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+                    raise ValueError(f"{key}: Input should be a number, not a boolean (got {value!r})")
+        return data
 
 
 class GenerateParams(Section):
@@ -49,10 +76,13 @@ class FilterParams(Section):
     min_per_class: int = Field(21, ge=1)  # paper: classes with <= 20 survivors are dropped
     batch_size: int = Field(32, ge=1)
 
+    # corrupt (unreadable, empty) object PNGs are dropped and counted; above this share the stage fails
+    max_corrupt: float = Field(0.10, ge=0, le=1)
+
     @model_validator(mode="after")
     def _area_order(self):
         if self.min_area > self.max_area:
-            raise ValueError("min_area must be <= max_area")
+            raise ValueError(f"min_area: must be <= filter.max_area={self.max_area} (got {self.min_area})")
         return self
 
 
@@ -75,16 +105,22 @@ class ComposeParams(Section):
     quality: int = Field(90, ge=1, le=100)
     workers: int = Field(2, ge=1)
     seed: int = 0
+    # background folder: images whose header cannot be read are skipped and counted; above this
+    # share the stage fails. Not part of the output's fingerprint (it changes no image).
+    max_corrupt: float = Field(0.10, ge=0, le=1, exclude=True)
 
     @model_validator(mode="after")
     def _consistent(self):
-        if len(self.s_min) < self.a_max or len(self.s_max) < self.a_max:
-            raise ValueError(f"s_min and s_max need one entry per object count up to a_max={self.a_max}")
+        for key, values in (("s_min", self.s_min), ("s_max", self.s_max)):
+            if len(values) < self.a_max:
+                raise ValueError(f"{key}: needs one entry per object count up to compose.a_max={self.a_max} "
+                                 f"(got {len(values)}: {values})")
         for i, (lo, hi) in enumerate(zip(self.s_min, self.s_max)):
             if not 0 < lo <= hi <= 1:
-                raise ValueError(f"need 0 < s_min[{i}] <= s_max[{i}] <= 1, got {lo} and {hi}")
+                raise ValueError(f"s_min[{i}]: need 0 < compose.s_min[{i}] <= compose.s_max[{i}] <= 1 "
+                                 f"(got {lo} and {hi})")
         if self.image_size % self.grid:
-            raise ValueError(f"grid={self.grid} must divide image_size={self.image_size}")
+            raise ValueError(f"grid: must divide compose.image_size={self.image_size} (got {self.grid})")
         return self
 
 
@@ -199,9 +235,33 @@ class PretrainParams(Section):
     # of steps (measured: image-conditioned loss = shuffled-image loss after 1,000 steps).
     gate_init: float = 1.0
     lm_width: int = Field(128, ge=8)
-    lm_layers: int = Field(4, ge=2)  # gated cross-attention sits on every 2nd LM layer
+    lm_layers: int = Field(4, ge=2)
+    xattn_every: int = Field(2, ge=1)  # gated cross-attention on every n-th LM layer
+    lm_batch_size: int | None = Field(None, ge=1)  # None: batch_size
+    # Pretraining texts (pin.vlm.pretrain_text): the mix of kinds and where slot boxes sit.
+    text_mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.25, "exists": 0.3, "count": 0.15,
+                                                                "slot": 0.3})
+    slot: Literal["origin", "anywhere"] = "origin"
+    device: str = "cpu"  # cpu | cuda | auto (the shipped asset was pretrained on a GPU)
+    # train: pretrain here (minutes on a CPU); asset: copy the pretrained weights shipped in the
+    # repo (scripts/build_mini_vlm.py made them, the same code on a GPU, longer).
+    source: Literal["train", "asset"] = "train"
+    asset: str = "assets/mini_vlm"
     max_images: int | None = Field(None, ge=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_text_kinds(self):
+        from pin.vlm.pretrain_text import TEXT_MIX
+
+        unknown = sorted(set(self.text_mix) - set(TEXT_MIX))
+        if unknown:
+            raise ValueError(f"text_mix: unknown text kinds {unknown}; known: {sorted(TEXT_MIX)}")
+        if any(w < 0 for w in self.text_mix.values()) or sum(self.text_mix.values()) <= 0:
+            raise ValueError("text_mix: weights must be >= 0 with a positive sum")
+        if self.lm_layers < self.xattn_every:
+            raise ValueError("xattn_every must be <= lm_layers")
+        return self
 
 
 class TrainParams(Section):
@@ -230,11 +290,19 @@ SECTIONS: dict[str, type[Section]] = {
 S = TypeVar("S", bound=Section)
 
 
+_KEYED = re.compile(r"^([A-Za-z_][\w\[\]]*): (.*)$", re.S)
+
+
 def _format_error(section: str, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in (section, *e["loc"]))
         got = e.get("input")
+        if e["type"] == "value_error":  # our validators: "key: message (got ...)"
+            msg = str(e.get("ctx", {}).get("error", e["msg"]))
+            m = _KEYED.match(msg)
+            lines.append(f"{loc}.{m.group(1)}: {m.group(2)}" if m else f"{loc}: {msg}")
+            continue
         extra = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{loc}: {extra}{shown}")
@@ -267,11 +335,20 @@ def load_yaml(path: str | Path = "params.yaml") -> dict:
     if not path.exists():
         raise ParamsError(f"{path}: params file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParamsError(f"{path}: cannot read ({err})") from None
+    if not text.strip():
+        raise ParamsError(f"{path}: the params file is empty")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        what = getattr(err, "problem", None) or type(err).__name__
+        raise ParamsError(f"{path}: not valid YAML{at}: {what}") from None
     if not isinstance(data, dict):
-        raise ParamsError(f"{path}: top level must be a mapping")
+        raise ParamsError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
 
 

@@ -7,6 +7,9 @@ after the encoder, so nothing upstream changes. Methods that change the encoder 
 vision encoder, LoRA) run it on every batch instead, with gradients flowing through it; they
 train in one process (their parameters act outside the module DDP would wrap). Batches are a pure function of (seed, step),
 so a resumed run sees exactly the data an uninterrupted one would.
+A checkpoint holds the optimiser, the loss EMA and every RNG state, so a run killed at any
+point and resumed from its last checkpoint ends with the same weights as an uninterrupted one
+(``scripts/kill_anywhere.py`` checks it under ``dvc repro``).
 """
 from __future__ import annotations
 
@@ -69,23 +72,59 @@ class TrainResult:
 
 
 class Checkpointer:
-    """Atomic checkpoints of the method's trainable state + optimiser; the last complete one wins on resume."""
+    """Atomic checkpoints of everything a resumed run needs to continue exactly as an uninterrupted
+    one: the method's trainable state, the optimiser, the loss history and EMA, and every RNG state. Each carries
+    the fingerprint of its run (params, data, frozen VLM); a checkpoint of another run is ignored
+    and deleted, never resumed from. A checkpoint is written to a temporary name and renamed, so a
+    kill leaves the previous complete one."""
 
-    def __init__(self, directory: Path):
-        self.dir = directory
+    FILE = "last.pt"
 
-    def save(self, step: int, method: Method, optimizer: torch.optim.Optimizer, history: list) -> None:
+    def __init__(self, directory: Path, fingerprint: str = ""):
+        self.dir = Path(directory)
+        self.fingerprint = fingerprint
+
+    def save(self, step: int, method: Method, optimizer: torch.optim.Optimizer, history: list,
+             loss_ema: float | None = None) -> None:
+        import numpy as np
+
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".ckpt.{step}.tmp"
-        torch.save({"step": step, "method": method.trainable_state(), "optimizer": optimizer.state_dict(),
-                    "history": history}, tmp)
-        tmp.replace(self.dir / "last.pt")
+        torch.save({"step": step, "fingerprint": self.fingerprint, "method": method.trainable_state(),
+                    "optimizer": optimizer.state_dict(), "history": history, "loss_ema": loss_ema,
+                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                            "numpy": np.random.get_state()}}, tmp)
+        tmp.replace(self.dir / self.FILE)
 
     def load(self):
-        path = self.dir / "last.pt"
+        """The last checkpoint of this run, or None (no checkpoint, another run's, unreadable)."""
+        path = self.dir / self.FILE
+        for stale in self.dir.glob(".ckpt.*.tmp") if self.dir.is_dir() else ():
+            stale.unlink(missing_ok=True)  # a save cut off by a kill
         if not path.exists():
             return None
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            ok = isinstance(state, dict) and state.get("fingerprint") == self.fingerprint
+        except Exception as err:  # noqa: BLE001 - a checkpoint we cannot read is one we do not have
+            print(f"[train] warning: {path}: unreadable checkpoint ({type(err).__name__}); starting over")
+            ok = False
+        if not ok:
+            path.unlink(missing_ok=True)
+            return None
+        return state
+
+    @staticmethod
+    def restore_rng(state: dict) -> None:
+        import numpy as np
+
+        rng = state.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "python" in rng:
+            random.setstate(rng["python"])
+        if "numpy" in rng:
+            np.random.set_state(rng["numpy"])
 
 
 class BatchFeatures:
@@ -140,6 +179,7 @@ def train_method(
     val_images: list[ComposedImage] | None = None,
     live=None,
     accelerator=None,
+    fingerprint: str = "",
 ) -> TrainResult:
     from accelerate import Accelerator
 
@@ -154,20 +194,24 @@ def train_method(
 
     optimizer = torch.optim.Adam(method.trainable_parameters(), lr=lr)
     model, optimizer = accelerator.prepare(method, optimizer)
-    ckpt = Checkpointer(checkpoint_dir)
+    ckpt = Checkpointer(checkpoint_dir, fingerprint)
     history: list[dict] = []
     start_step = 0
+    loss_ema = None
     state = ckpt.load()
     if state is not None and state["step"] <= steps:
         method.load_trainable_state(state["method"])
         optimizer.load_state_dict(state["optimizer"])
-        start_step, history = state["step"], state["history"]
+        start_step, history, loss_ema = state["step"], state["history"], state.get("loss_ema")
+        Checkpointer.restore_rng(state)
         accelerator.print(f"resuming from step {start_step}")
+        if live is not None and accelerator.is_main_process:
+            for record in history:  # the curves up to the checkpoint, as the killed run logged them
+                _log_live(live, record)
 
     rank, world = accelerator.process_index, accelerator.num_processes
     per_rank = max(1, batch_size // world)
     t0 = time.perf_counter()
-    loss_ema = None
     bar = tqdm(range(start_step, steps), desc=f"train {method.name}", unit="step",
                disable=not accelerator.is_main_process, initial=start_step, total=steps)
     for step in bar:
@@ -189,12 +233,9 @@ def train_method(
             history.append(record)
             bar.set_postfix(loss=f"{loss_ema:.3f}")
             if live is not None and accelerator.is_main_process:
-                live.step = done
-                for k in ("loss", "loss_ema", "lr", "samples_per_s"):
-                    live.log_metric(f"train/{k}", record[k])
-                live.next_step()
+                _log_live(live, record)
         if accelerator.is_main_process and (done % checkpoint_every == 0 and done < steps):
-            ckpt.save(done, method, optimizer, history)
+            ckpt.save(done, method, optimizer, history, loss_ema)
 
     seconds = time.perf_counter() - t0
     val_loss = None
@@ -204,6 +245,38 @@ def train_method(
     final = loss_ema if loss_ema is not None else (history[-1]["loss_ema"] if history else math.nan)
     rate = (steps - start_step) * batch_size / seconds if steps > start_step else 0.0
     return TrainResult(steps, float(final), val_loss, rate, method.n_trainable_params, seconds)
+
+
+def _log_live(live, record: dict) -> None:
+    live.step = record["step"]
+    for k in ("loss", "loss_ema", "lr", "samples_per_s"):
+        live.log_metric(f"train/{k}", record[k])
+    live.next_step()
+
+
+def run_fingerprint(vlm_p, pin_p, train_p, grid: int, composed_dir: str | Path, method: str = "pin",
+                    baselines_p=None) -> str:
+    """What a checkpoint must match to be resumed from: the params that shape training, the
+    composed data (its compose fingerprint) and, for the mini VLM, its weights file."""
+    import hashlib
+
+    from pin.io import fingerprint
+
+    composed = Path(composed_dir) / "_config.json"
+    data = composed.read_text() if composed.is_file() else ""
+    weights = ""
+    if vlm_p.name == "mini":
+        f = Path(vlm_p.path) / "model.safetensors"
+        if f.is_file():
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            weights = h.hexdigest()
+    train = train_p.model_dump(exclude={"checkpoint_every", "steps"})  # same run, more steps: resumable
+    return fingerprint({"vlm": vlm_p.model_dump(exclude={"device"}), "pin": pin_p.model_dump(), "train": train,
+                        "grid": grid, "data": data, "weights": weights, "method": method,
+                        "baselines": baselines_p.model_dump() if baselines_p is not None else None})
 
 
 def write_train_metrics(path: Path, result: TrainResult, extra: dict) -> None:
@@ -250,11 +323,13 @@ def run_train(vlm_p, pin_p, train_p, grid: int, method: str = "pin", baselines_p
     train_images = read_split(Path(composed_dir) / "train", limit=train_p.max_images)
     val_images = read_split(Path(composed_dir) / "val", limit=512)
     ckpt_dir = Path(out_dir).with_name(Path(out_dir).name + "_checkpoints")
-    with Live(live_dir, save_dvc_exp=False, dvcyaml=False, resume=(ckpt_dir / "last.pt").exists()) as live:
+    fp = run_fingerprint(vlm_p, pin_p, train_p, grid, composed_dir, method, baselines_p)
+    # a fresh log each start; a resumed run first replays the history saved in its checkpoint
+    with Live(live_dir, save_dvc_exp=False, dvcyaml=False, resume=False) as live:
         result = train_method(vlm, trained, train_images, codec, steps=train_p.steps, batch_size=train_p.batch_size,
                               lr=train_p.lr, seed=train_p.seed, checkpoint_dir=ckpt_dir,
                               checkpoint_every=train_p.checkpoint_every, log_every=train_p.log_every,
-                              val_images=val_images, live=live)
+                              val_images=val_images, live=live, fingerprint=fp)
     trained.save_pretrained(out_dir)
     write_train_metrics(Path(metrics_path), result, {**extra, "n_train_images": len(train_images)})
     shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -3,6 +3,9 @@
 Stands in for OpenFlamingo's web-scale caption pretraining (no VLM weights can be downloaded
 offline). Reads data/composed/pretrain (images of every category, train and held-out, as a web
 corpus would hold), writes models/mini_vlm (safetensors + JSON config + tokenizer).
+With ``pretrain.source=asset`` (the default) it installs the shipped assets/mini_vlm instead -
+the same recipe pretrained longer on a GPU by scripts/build_mini_vlm.py - after checking that
+it knows exactly this data's categories, and measures its recognition again here.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from pin.vlm.pretrain import run_pretrain
 
 
 def main() -> str:
-    return run_pretrain(params.load("pretrain"))
+    raw = params.load_yaml()
+    grid = params.parse_section("compose", raw.get("compose")).grid
+    return run_pretrain(params.parse_section("pretrain", raw.get("pretrain")), grid=grid)
 
 
 if __name__ == "__main__":

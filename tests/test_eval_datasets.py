@@ -94,6 +94,22 @@ def test_missing_images(tmp_path):
     assert stats["n_missing_images"] == 1 and [q.image_id for q in qs] == [3, 3]
 
 
+def test_boxes_outside_the_image_are_cut_or_skipped_and_odd_names_cleaned(tmp_path):
+    ims = [{"id": 1, "file_name": "1.jpg", "width": 40, "height": 30}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [30, 20, 20, 20]},  # reaches out: cut
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 5, 10, 10]},  # all outside: skipped
+            {"id": 3, "image_id": 1, "category_id": 2, "bbox": [-5, -5, 10, 10]},  # from negative: cut
+            {"id": 4, "image_id": 1, "category_id": 2, "bbox": [5, 5, 0, 10]}]  # no width: degenerate
+    cats = [{"id": 1, "name": "hot\n dog\t"}, {"id": 2, "name": "\u0000cup_\ud800"}]
+    (tmp_path / "ann.json").write_text(json.dumps({"images": ims, "annotations": anns, "categories": cats}))
+    jpeg(tmp_path / "img/1.jpg")
+    qs, stats = load_queries("coco", cfg(coco={"annotations": str(tmp_path / "ann.json"),
+                                               "images": str(tmp_path / "img")}))
+    assert [(q.ann_id, q.gt_box, q.text) for q in qs] == [(1, (30.0, 20.0, 40.0, 30.0), "hot dog"),
+                                                          (3, (0.0, 0.0, 5.0, 5.0), "cup")]
+    assert stats["n_boxes_clipped"] == 2 and stats["n_outside_skipped"] == 1 and stats["n_degenerate_skipped"] == 1
+
+
 def test_lvis(tmp_path):
     url = "http://images.cocodataset.org/{}/{:012d}.jpg"
     ims = [{"id": 7, "coco_url": url.format("val2017", 7), "width": 40, "height": 30},

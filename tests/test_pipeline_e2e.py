@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,12 +37,12 @@ SMALL = {
     "filter": {"min_per_class": 2},
     "compose": {"image_size": 112, "n_train": 64, "n_val": 16, "n_heldout": 24, "n_pretrain": 64,
                 "shard_size": 32, "workers": 1},
-    "pretrain": {"vision_steps": 3, "lm_steps": 3, "batch_size": 8, "vision_width": 32, "vision_layers": 1,
+    "pretrain": {"source": "train", "vision_steps": 3, "lm_steps": 3, "batch_size": 8, "vision_width": 32, "vision_layers": 1,
                  "lm_width": 32, "lm_layers": 2},
     "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 1},
     "eval": {"max_queries": 16, "batch_size": 8, "random_draws": 2, "gallery_size": 4},
 }
-STAGES = ("generate", "filter", "compose", "pretrain_vlm", "train", "evaluate@synthetic")
+STAGES = ("generate", "filter", "compose", "pretrain_vlm", "train", "evaluate@synthetic", "figures")
 
 pytestmark = [
     pytest.mark.slow,
@@ -180,9 +181,15 @@ def test_repro_runs_every_stage_and_writes_outputs(pipeline):
         assert ev[method]["miou"] is None or 0.0 <= ev[method]["miou"] <= 1.0, (method, ev[method])
     assert len(pd.read_parquet(repo / "data/predictions/synthetic.parquet"))
     for path in ("metrics/plots/synthetic_gallery.png", "metrics/plots/synthetic_miou_by_size.png",
+                 "metrics/plots/pin_similarity.png", "metrics/plots/train_curves.png", "metrics/similarity.json",
                  "metrics/filter.json", "metrics/compose.json", "metrics/pretrain.json",
                  "metrics/train_live/metrics.json"):
         assert (repo / path).is_file(), path
+
+    # every stage ends with one summary line: how long, what it made, where
+    for stage in STAGES:
+        assert re.search(rf"^\[{re.escape(stage)}\] done in \d+\.\ds", out, re.M), f"no summary line for {stage}"
+    assert re.search(r"^\[figures\] done in .* -> metrics/similarity\.json \(", out, re.M), out
 
     status = _run([str(DVC), "status"], repo)
     assert "up to date" in status, status

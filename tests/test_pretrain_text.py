@@ -4,7 +4,9 @@ import re
 
 from hypothesis import given, settings, strategies as st
 
-from pin.vlm.pretrain_text import TEXT_MIX, ObjectFact, make_text
+import pytest
+
+from pin.vlm.pretrain_text import TEXT_MIX, ObjectFact, TextRecipe, make_text
 
 NAMES = ["dog", "cup", "kite", "teddy bear", "apple"]
 
@@ -20,14 +22,16 @@ def facts(objs, cell=28):
 @settings(max_examples=200, deadline=None)
 @given(objs=objects_st, seed=st.integers(0, 2**32), kind=st.sampled_from(sorted(TEXT_MIX)),
        perm_seed=st.integers(0, 100))
-def test_text_ignores_paste_order_and_position(objs, seed, kind, perm_seed):
+@pytest.mark.parametrize("slot", ["origin", "anywhere"])
+def test_text_ignores_paste_order_and_position(objs, seed, kind, perm_seed, slot):
     # ObjectFact holds no position at all; what remains to check is that the paste order (which
     # correlates with position in C: later objects are placed around earlier ones) leaks nothing.
     a = facts(objs)
     b = a[:]
     random.Random(perm_seed).shuffle(b)
-    ta = make_text(a, NAMES, random.Random(seed), kind)
-    tb = make_text(b, NAMES, random.Random(seed), kind)
+    recipe = TextRecipe(slot=slot)
+    ta = make_text(a, NAMES, random.Random(seed), kind, recipe)
+    tb = make_text(b, NAMES, random.Random(seed), kind, recipe)
     assert ta == tb
 
 
@@ -49,3 +53,32 @@ def test_every_kind_ends_with_end_token():
         t = make_text(f, NAMES, random.Random(0), kind)
         assert t.text.endswith("<|endofchunk|>") and t.prompt.startswith("<image>")
         assert "<|endofchunk|>" not in t.answer
+
+
+@settings(max_examples=200, deadline=None)
+@given(objs=objects_st, seed=st.integers(0, 2**32))
+def test_anywhere_slot_is_a_size_at_a_random_corner(objs, seed):
+    # The corner comes from the text's own random stream: a valid, grid-aligned box of the named
+    # object's size, drawn from a distribution that does not depend on where the object is.
+    f = facts(objs)
+    t = make_text(f, NAMES, random.Random(seed), "slot", TextRecipe(slot="anywhere"))
+    x1, y1, x2, y2 = (int(v) for v in re.findall(r"\d+", t.answer))
+    assert (x2 - x1, y2 - y1) in {(o.width, o.height) for o in f}
+    assert 0 <= x1 < x2 <= 224 and 0 <= y1 < y2 <= 224
+    assert x1 % 28 == 0 and y1 % 28 == 0
+
+
+def test_anywhere_corners_cover_every_fitting_cell():
+    obj = [ObjectFact("dog", 56, 196)]  # 2 x 7 cells: x1 in 0..6 cells, y1 in 0..1 cells
+    rng = random.Random(0)
+    corners = {tuple(int(v) for v in re.findall(r"\d+", make_text(obj, NAMES, rng, "slot",
+                                                                    TextRecipe(slot="anywhere")).answer)[:2])
+               for _ in range(400)}
+    assert corners == {(28 * i, 28 * j) for i in range(7) for j in range(2)}
+
+
+def test_recipe_rejects_unknown_kinds_and_slots():
+    with pytest.raises(ValueError, match="unknown text kinds"):
+        TextRecipe(mix=(("gossip", 1.0),))
+    with pytest.raises(ValueError, match="slot must be"):
+        TextRecipe(slot="center")

@@ -100,3 +100,76 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     _train(vlm, resumed, images, tmp_path / "b", steps=6)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+class _RecordingLive:
+    """Records what dvclive would write: (step, name, value)."""
+
+    def __init__(self, crash_at: int | None = None):
+        self.step, self.rows, self.crash_at = 0, [], crash_at
+
+    def log_metric(self, name, value):
+        self.rows.append((self.step, name, value))
+
+    def next_step(self):
+        if self.crash_at is not None and self.step >= self.crash_at:
+            raise _Crash
+
+
+def _fresh():
+    flamingo, proc, tok = build_mini_flamingo(CFG, ["dog", "cup"])
+    vlm = OpenFlamingoAdapter(flamingo, proc, tok, name="mini")
+    torch.manual_seed(0)
+    return vlm, PositionalInsert(InsertConfig.for_site(vlm.site, layers=1, hidden=(16,)))
+
+
+def _curves(rows):
+    return [(s, n, v) for s, n, v in rows if n != "train/samples_per_s"]  # wall-clock: differs by design
+
+
+def test_resume_restores_loss_ema_rng_and_the_logged_curves(tmp_path):
+    images = [_image(i) for i in range(8)]
+    vlm, straight = _fresh()
+    live_a = _RecordingLive()
+    torch.manual_seed(123)
+    res_a = _train(vlm, straight, images, tmp_path / "a", steps=6, live=live_a)
+    after_a = torch.rand(3)  # the torch RNG after the run
+
+    vlm, resumed = _fresh()
+    with pytest.raises(_Crash):
+        _train(vlm, resumed, images, tmp_path / "b", steps=6, live=_RecordingLive(crash_at=5))
+    vlm, resumed = _fresh()
+    live_b = _RecordingLive()  # a fresh log, as dvc deletes the killed run's
+    torch.manual_seed(999)  # whatever the new process's RNG: the checkpoint's is restored
+    res_b = _train(vlm, resumed, images, tmp_path / "b", steps=6, live=live_b)
+    assert res_b.final_loss == res_a.final_loss  # the loss EMA came back with the checkpoint
+    assert _curves(live_b.rows) == _curves(live_a.rows)  # steps 1..6, each once
+    assert torch.equal(torch.rand(3), after_a)
+
+
+def test_checkpoint_of_another_run_is_ignored(tmp_path):
+    images = [_image(i) for i in range(8)]
+    vlm, insert = _fresh()
+    with pytest.raises(_Crash):
+        train_insert(vlm, insert, images, BoxCodec(8), steps=6, batch_size=4, lr=1e-2, seed=0,
+                     checkpoint_dir=tmp_path / "c", checkpoint_every=2, live=_CrashingLive(at=5), fingerprint="lr=1e-2")
+    assert (tmp_path / "c" / "last.pt").exists()
+    (tmp_path / "c" / ".ckpt.6.tmp").write_bytes(b"half a checkpoint")  # a save cut off by a kill
+    vlm, other = _fresh()
+    train_insert(vlm, other, images, BoxCodec(8), steps=6, batch_size=4, lr=5e-3, seed=0,
+                 checkpoint_dir=tmp_path / "c", checkpoint_every=2, fingerprint="lr=5e-3")
+    vlm, straight = _fresh()
+    train_insert(vlm, straight, images, BoxCodec(8), steps=6, batch_size=4, lr=5e-3, seed=0,
+                 checkpoint_dir=tmp_path / "d", checkpoint_every=2, fingerprint="lr=5e-3")
+    for a, b in zip(straight.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not (tmp_path / "c" / ".ckpt.6.tmp").exists()
+
+
+def test_unreadable_checkpoint_starts_over(tmp_path, capsys):
+    from pin.train import Checkpointer
+
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    assert Checkpointer(tmp_path, "x").load() is None
+    assert "unreadable checkpoint" in capsys.readouterr().out
+    assert not (tmp_path / "last.pt").exists()

@@ -20,6 +20,9 @@ Choices worth knowing:
   RefCOCO protocol counts them; ``first`` gives one per ref.
 - Synthetic: the compose stage's ``referral`` annotation field (the readable name, or with
   ``compose.referrals`` a positional referral such as "left dog") is the query text.
+- Boxes are cut to their image (``n_boxes_clipped``); a box with nothing inside the image, or no
+  area, is not an object (``n_outside_skipped``, ``n_degenerate_skipped``). Category names and
+  query texts lose control characters and extra whitespace; an empty category name is an error.
 - Missing image files are skipped and counted; more than ``max_missing`` of the selected images
   missing is an error. A dataset that selects no query at all is an error too.
 """
@@ -30,6 +33,7 @@ import io
 import json
 import math
 import pickle
+import unicodedata
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +79,8 @@ class Query:
         try:
             with Image.open(self.image_path) as im:
                 return im.convert("RGB")
-        except (OSError, ValueError) as err:
-            raise PinError(f"{self.image_path}: cannot read image ({err})") from None
+        except Exception as err:  # noqa: BLE001 - truncated, corrupt, decompression bomb, not an image
+            raise PinError(f"{self.image_path}: cannot read image ({type(err).__name__}: {err})") from None
 
 
 def to_frame(box, size: tuple[float, float], frame: int = FRAME) -> tuple[float, float, float, float]:
@@ -98,7 +102,7 @@ class _Object:
     ann_id: int | str
     category_id: int | str
     box: tuple[float, float, float, float]  # xyxy original pixels
-    skip: str | None = None  # "crowd" | "difficult" | "degenerate": not an object, not a query
+    skip: str | None = None  # "crowd" | "difficult" | "degenerate" | "outside": not an object, not a query
     texts: tuple[str, ...] = ()  # query texts; empty -> the readable category name
     key: str | None = None  # query id stem when ann_id is not unique per query (RefCOCO: ref id)
 
@@ -114,7 +118,7 @@ class _Image:
 def _stats() -> dict[str, int]:
     keys = ("n_images_total", "n_images_selected", "n_images_empty", "n_images_too_many",
             "n_missing_images", "n_crowd_skipped", "n_difficult_skipped", "n_degenerate_skipped",
-            "n_queries_total", "n_queries", "n_images")
+            "n_outside_skipped", "n_boxes_clipped", "n_queries_total", "n_queries", "n_images")
     return dict.fromkeys(keys, 0)
 
 
@@ -153,12 +157,29 @@ def _read_json(path: Path) -> Any:
         raise _bad(path, f"cannot read ({err.strerror or err})") from None
 
 
+def _clip_to_image(o: _Object, size: tuple[int, int], stats: dict) -> None:
+    """A box reaching outside its image is cut to the image (counted); one with nothing inside
+    the image is not an object (skipped as "outside", counted)."""
+    if o.skip is not None:
+        return
+    w, h = size
+    x1, y1, x2, y2 = o.box
+    c = (min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h))
+    if c[2] <= c[0] or c[3] <= c[1]:
+        o.skip = "outside"
+    elif c != tuple(o.box):
+        o.box = c
+        stats["n_boxes_clipped"] += 1
+
+
 def _select(name: str, images: list[_Image], names: dict, cfg: EvalParams, stats: dict,
             apply_count_rule: bool = True) -> list[Query]:
-    """Count-rule, missing images, queries, deterministic subsample."""
+    """Boxes cut to their image, count-rule, missing images, queries, deterministic subsample."""
     stats["n_images_total"] = len(images)
     kept: list[_Image] = []
     for im in images:
+        for o in im.objects:
+            _clip_to_image(o, im.size, stats)
         objs = [o for o in im.objects if o.skip is None]
         for o in im.objects:
             if o.skip:
@@ -221,6 +242,8 @@ def _read_coco(path: Path) -> _CocoJson:
     for i, c in enumerate(data["categories"]):
         if not (isinstance(c, dict) and _is_id(c.get("id")) and isinstance(c.get("name"), str)):
             raise _bad(path, f"categories[{i}] needs an id and a string name")
+        if not _readable(c["name"]):
+            raise _bad(path, f"categories[{i}] (id {c['id']!r}) has an empty name {c['name']!r}")
         syn = c.get("synonyms")
         if syn is not None and not (isinstance(syn, list) and all(isinstance(s, str) for s in syn)):
             raise _bad(path, f"categories[{i}].synonyms must be a list of strings")
@@ -272,7 +295,7 @@ def _coco_images(cj: _CocoJson, folder: Path, find: Callable[[dict], Path] | Non
     out = []
     for im in cj.images:
         anns = cj.index.imgToAnns.get(im["id"], [])
-        objs = [_coco_object(a, (a["referral"].strip(),) if (a.get("referral") or "").strip() else ())
+        objs = [_coco_object(a, (_clean_text(a["referral"]),) if _clean_text(a.get("referral") or "") else ())
                 for a in anns]
         path = find(im) if find else folder / _file_name(im)
         out.append(_Image(im["id"], path, (int(im["width"]), int(im["height"])), objs))
@@ -285,8 +308,15 @@ def _file_name(im: dict) -> str:
     return name.rsplit("/", 1)[-1] if "coco_url" in im and "file_name" not in im else name
 
 
+def _clean_text(text: str) -> str:
+    """Query text as one line of printable words: control characters and lone surrogates (valid
+    JSON, unwritable as UTF-8) become spaces, runs of whitespace one space."""
+    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in text)
+    return " ".join(text.split())
+
+
 def _readable(name: str) -> str:
-    return name.replace("_", " ").strip()
+    return _clean_text(name.replace("_", " "))
 
 
 def _load_coco_like(name: str, cfg: EvalParams) -> tuple[list[Query], dict]:
@@ -325,7 +355,8 @@ def load_lvis(cfg: EvalParams) -> tuple[list[Query], dict]:
         sub = url.rsplit("/", 2)[-2] if url.count("/") >= 2 else ""  # train2017 / val2017
         return folder / sub / fname if sub else direct
 
-    names = {cid: _readable((c.get("synonyms") or [c["name"]])[0]) for cid, c in cj.cats.items()}
+    names = {cid: next(n for n in (*map(_readable, c.get("synonyms") or ()), _readable(c["name"])) if n)
+             for cid, c in cj.cats.items()}
     stats = _stats()
     queries = _select("lvis", _coco_images(cj, folder, find), names, cfg, stats)
     freq = {cid: c.get("frequency") for cid, c in cj.cats.items()}
@@ -344,7 +375,9 @@ def _voc_object(path: Path, obj: ET.Element, k: int, image_id: str) -> _Object:
     try:
         x1, y1, x2, y2 = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
         difficult = int((obj.findtext("difficult") or "0").strip() or 0)
-    except (AttributeError, TypeError, ValueError):
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            raise ValueError
+    except (AttributeError, TypeError, ValueError, OverflowError):
         raise _bad(path, f"object {k} ({name}): needs bndbox xmin/ymin/xmax/ymax numbers") from None
     box = (x1 - 1, y1 - 1, x2, y2)  # 1-based inclusive -> 0-based continuous
     skip = "difficult" if difficult else ("degenerate" if box[2] <= box[0] or box[3] <= box[1] else None)
@@ -376,8 +409,10 @@ def load_pvoc(cfg: EvalParams) -> tuple[list[Query], dict]:
     if not listing.is_file():
         raise PinError(f"{listing}: file not found (eval.paths.pvoc.root must be the VOC2007 folder)")
     ids = [line.split()[0] for line in listing.read_text(errors="replace").splitlines() if line.strip()]
+    from tqdm import tqdm
+
     images = []
-    for image_id in ids:
+    for image_id in tqdm(ids, desc="pvoc: read annotations", unit="xml", leave=False):
         xml = root / "Annotations" / f"{image_id}.xml"
         if not xml.is_file():
             raise PinError(f"{xml}: file not found (listed in {listing})")
@@ -439,8 +474,8 @@ def load_refcoco(cfg: EvalParams) -> tuple[list[Query], dict]:
         sents = r.get("sentences")
         texts = []
         if isinstance(sents, list):
-            texts = [s["sent"].strip() for s in sents
-                     if isinstance(s, dict) and isinstance(s.get("sent"), str) and s["sent"].strip()]
+            texts = [_clean_text(s["sent"]) for s in sents
+                     if isinstance(s, dict) and isinstance(s.get("sent"), str) and _clean_text(s["sent"])]
         if not texts:
             raise _bad(refs_path, f"ref {r.get('ref_id', i)} has no sentences")
         texts = texts[:1] if p.sentences == "first" else texts

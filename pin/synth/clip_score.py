@@ -64,6 +64,10 @@ class ClipScorer:
             raise PinError(f"filter.backend=open_clip needs open-clip-torch: {err}") from None
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        import logging
+
+        quiet = logging.root.manager.disable
+        logging.disable(logging.ERROR)  # open_clip logs its failure too: the user gets one line, ours
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(
                 model, pretrained=pretrained, device=device
@@ -80,6 +84,8 @@ class ClipScorer:
                 "the Hugging Face cache (HF_HOME) and set HF_HUB_OFFLINE=1, or use "
                 "filter.backend=none (mask checks only)."
             ) from None
+        finally:
+            logging.disable(quiet)
         return cls(net, preprocess, tokenizer, device=device, batch_size=batch_size,
                    name=f"open_clip {model}/{pretrained}")
 

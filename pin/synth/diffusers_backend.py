@@ -33,6 +33,10 @@ def load_pipeline(model: str, device=None, fp16: bool = True):
     dtype = torch.float16 if fp16 and device.type == "cuda" else torch.float32
     local = Path(model).expanduser()
     source = str(local) if local.exists() else model
+    import logging
+
+    quiet = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # diffusers logs hub retries: on failure the user gets one line, ours
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             source, dtype=dtype, safety_checker=None, requires_safety_checker=False)
@@ -43,6 +47,8 @@ def load_pipeline(model: str, device=None, fp16: bool = True):
             "to a local folder holding a diffusers StableDiffusionPipeline (model_index.json, unet/, "
             "vae/, text_encoder/, tokenizer/, scheduler/), or download the model into the Hugging Face "
             "cache beforehand and run with HF_HUB_OFFLINE=1") from None
+    finally:
+        logging.disable(quiet)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     return pipe.to(device)
 

@@ -8,7 +8,8 @@ Checks, in order (a row gets the first reason that applies):
 
 1. ``corrupt``: the PNG cannot be opened/decoded, has zero size, or has no visible pixel (alpha
    all 0). Counted and listed, never silently skipped; a corrupt fraction above
-   ``MAX_CORRUPT_FRAC`` stops the stage (something is wrong with the generate output).
+   ``filter.max_corrupt`` (default 10%) stops the stage (something is wrong with the generate
+   output).
 2. ``area_small`` / ``area_large``: ``mask_area_frac`` outside ``[min_area, max_area]`` (X-Paste).
    A missing (NaN) area fails as ``area_small``.
 3. ``clip`` (backend ``open_clip`` only): score = 100 * cos(object on white, "a photo of a
@@ -32,7 +33,7 @@ from pin.params import FilterParams
 
 REQUIRED_COLUMNS = ("category", "split", "index", "path", "mask_area_frac")
 REASONS = ("corrupt", "area_small", "area_large", "clip", "class_too_small")
-MAX_CORRUPT_FRAC = 0.10
+MAX_CORRUPT_FRAC = 0.10  # the default of filter.max_corrupt
 CLIP_NOT_APPLIED = "not applied (backend none: no CLIP weights offline)"
 MAX_LISTED = 50
 
@@ -75,13 +76,15 @@ def filter_objects(
     params: FilterParams,
     scorer=None,
     *,
-    max_corrupt_frac: float = MAX_CORRUPT_FRAC,
+    max_corrupt_frac: float | None = None,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict]:
     """Apply the checks to a manifest; returns (annotated manifest, metrics)."""
     from tqdm import tqdm
 
     objects_dir = Path(objects_dir)
+    if max_corrupt_frac is None:
+        max_corrupt_frac = params.max_corrupt
     n = len(df)
     reason = np.array([""] * n, dtype=object)
     corrupt_examples: list[str] = []
@@ -96,7 +99,8 @@ def filter_objects(
     if n and n_corrupt / n > max_corrupt_frac:
         raise PinError(
             f"{n_corrupt}/{n} object PNGs under {objects_dir} are unreadable or empty "
-            f"(> {max_corrupt_frac:.0%}); rerun the generate stage. Examples: {corrupt_examples[:3]}"
+            f"(> filter.max_corrupt={max_corrupt_frac:g}); rerun the generate stage. "
+            f"Examples: {corrupt_examples[:3]}"
         )
 
     area = pd.to_numeric(df["mask_area_frac"], errors="coerce").to_numpy(dtype=float)

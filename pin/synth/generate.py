@@ -11,8 +11,8 @@ Backends: ``openmoji`` (offline; :class:`pin.synth.emoji.OpenMojiGenerator`) and
 
 Every picture's randomness comes from :func:`sample_seed` (params seed, category, index), so a
 picture does not depend on which process made it, on the batch it was in, or on a resume.
-Work is resumable: finished PNGs are kept (each is written atomically) and only missing ones
-are made; a picture the foreground extractor rejects leaves a ``.skip`` marker so a resume does
+Work is resumable: finished PNGs are kept (each is written atomically; the temporary files of a
+killed run are deleted on the next start) and only missing ones are made; a picture the foreground extractor rejects leaves a ``.skip`` marker so a resume does
 not retry it, and is counted in the summary. Under ``accelerate launch`` process *i* takes
 categories *i*, *i + world_size*, ...; the main process writes the manifest once all are done.
 """
@@ -30,7 +30,7 @@ from PIL import Image, PngImagePlugin
 
 from pin.categories import Category, load_set, readable, split_of
 from pin.errors import PinError
-from pin.io import atomic_write_bytes, prepare_resumable_dir, tmp_path_for
+from pin.io import atomic_write_bytes, prepare_resumable_dir, remove_temp_files, tmp_path_for
 from pin.params import GenerateParams
 
 MANIFEST = "manifest.parquet"
@@ -355,6 +355,7 @@ def generate(
 
     if state.is_main_process:
         prepare_resumable_dir(out_dir, run_config(params, backend))
+        remove_temp_files(out_dir)  # what a killed run was writing: never read, never kept
     state.wait_for_everyone()
 
     mine = chosen[state.process_index::state.num_processes]

@@ -19,6 +19,8 @@ that never change a VLM weight:
 """
 from __future__ import annotations
 
+import re
+import unicodedata
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -127,11 +129,24 @@ class FrozenVLM(ABC):
         raise NotImplementedError(f"{self.name}: changing the input resolution is not supported")
 
     def prompt(self, obj: str) -> str:
-        return self.prompt_template.format(obj=obj)
+        return self.prompt_template.format(obj=plain_text(obj))
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
+
+
+_MARKUP = re.compile(r"<[^<>\s]*>")
+
+
+def plain_text(text: str) -> str:
+    """An object name or referral as plain words for a prompt: control characters and lone
+    surrogates become spaces, whitespace runs one space, and anything shaped like a special token
+    (``<image>``, ``<|endofchunk|>``, ``</s>``) loses its angle brackets, so a dataset's text can
+    never add a media or end token. Ordinary names pass unchanged."""
+    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in str(text))
+    text = _MARKUP.sub(lambda m: "(" + m.group(0)[1:-1] + ")", text)
+    return " ".join(text.split())
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

@@ -78,9 +78,10 @@ class Blip2Adapter(FrozenVLM):
         except OSError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise PinError(
-                f"cannot load the BLIP-2 model {where!r} ({first}). The Hugging Face hub is not reachable "
-                f"from here: save {PAPER_MODEL!r} (model, tokenizer and processor via save_pretrained) "
-                "on a machine that has it, and set the VLM model param in params.yaml to that local folder."
+                f"cannot load the BLIP-2 model {where!r} ({first[:200]}). Without hub access, save "
+                f"{PAPER_MODEL!r} (model, tokenizer and processor via save_pretrained) on a machine that has "
+                "it and set vlm.blip2_model to that local folder, or put it in the Hugging Face cache "
+                "(HF_HOME) and run with HF_HUB_OFFLINE=1."
             ) from None
         if device is not None:
             model = model.to(device)

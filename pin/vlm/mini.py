@@ -262,6 +262,20 @@ def trainable_for_pretraining(flamingo: Flamingo) -> dict[str, list[torch.nn.Par
     return {"vision": vision, "perceiver": perceiver, "xattn": xattn, "lm": lm}
 
 
+def unique_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each shared tensor (tied embeddings, aliased blocks) once, under its
+    alphabetically first name, contiguous. ``safetensors.torch.save_model`` records the dropped
+    aliases as header metadata, which safetensors writes in hash-map order - different bytes on
+    every run; ``load_model`` finds the aliases from the model itself, so they are not needed."""
+    state = module.state_dict()
+    groups: dict[tuple, list[str]] = {}
+    for name, t in state.items():
+        key = (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+               tuple(t.stride()), t.dtype)
+        groups.setdefault(key, []).append(name)
+    return {min(names): state[min(names)].detach().contiguous() for names in groups.values()}
+
+
 def save_mini(
     directory: str | Path,
     flamingo: Flamingo,
@@ -270,13 +284,16 @@ def save_mini(
     meta: dict | None = None,
 ) -> None:
     """Write the mini VLM to ``directory`` (replaced whole, atomically)."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f".{directory.name}.*"):  # left by a save that was killed
+        if stale.suffix in (".tmp", ".old") and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
     try:
-        save_model(flamingo, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_file(unique_state(flamingo), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         save_tokenizer(tokenizer, tmp)
         atomic_write_json(
             tmp / CONFIG_FILE,
@@ -310,8 +327,8 @@ def read_mini_config(directory: str | Path) -> dict:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file() or not (Path(directory) / WEIGHTS_FILE).is_file():
         raise PinError(
-            f"mini VLM not found in {directory} (need {CONFIG_FILE} and {WEIGHTS_FILE}); "
-            "build and pretrain it first"
+            f"mini VLM not found in {directory} (need {CONFIG_FILE} and {WEIGHTS_FILE}); make it with "
+            "`dvc repro pretrain_vlm`, or set vlm.path to a folder that stage wrote"
         )
     try:
         info = json.loads(path.read_text())

@@ -131,6 +131,56 @@ def _lm_takes_position_ids(lang_encoder: torch.nn.Module) -> bool:
     return "position_ids" in params
 
 
+class TeacherForcing:
+    """Prompt + answer texts -> right-padded ``(input_ids, attention_mask, labels)`` on the host.
+
+    Holds only the tokenizer and three ids, so DataLoader workers can run it (pickled) while the
+    model trains. Prompt and answer are tokenised separately and concatenated (the boundary is
+    the one ``generate`` sees); ``labels`` is ``IGNORE_INDEX`` on the prompt and the padding."""
+
+    def __init__(self, tokenizer, media_token_id: int, answer_end: str, pad_token_id: int) -> None:
+        self.tokenizer, self.media_token_id = tokenizer, media_token_id
+        self.answer_end, self.pad_token_id = answer_end, pad_token_id
+
+    def tokenize(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+        if not texts:
+            return []
+        return self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+
+    def prompt_ids(self, prompts: Sequence[str], n_images: int = 1, n_slots: int = 0) -> list[list[int]]:
+        """Token ids of each prompt, checked to hold ``n_images`` ``<image>`` tokens, with
+        ``n_slots`` ``SLOT`` placeholders right after the last one (where ``lm_prefix`` goes)."""
+        rows = self.tokenize(prompts, add_special_tokens=True)
+        media = self.media_token_id
+        for p, row in zip(prompts, rows):
+            if row.count(media) != n_images:
+                count = "one" if n_images == 1 else str(n_images)
+                raise ValueError(f"prompt must hold exactly {count} {MEDIA_TOKEN} token(s), one per image: {p!r}")
+        if n_slots:
+            at = [len(row) - row[::-1].index(media) for row in rows]  # just after the last image
+            rows = [row[:i] + [SLOT] * n_slots + row[i:] for row, i in zip(rows, at)]
+        return rows
+
+    def __call__(self, prompts: Sequence[str], answers: Sequence[str], n_images: int = 1,
+                 n_slots: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n_slots`` > 0 leaves ``SLOT`` ids after the image for the adapter's prefix to fill."""
+        if len(prompts) != len(answers):
+            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        p_rows = self.prompt_ids(prompts, n_images, n_slots)
+        a_rows = self.tokenize([a + self.answer_end for a in answers], add_special_tokens=False)
+        length = max(len(p) + len(a) for p, a in zip(p_rows, a_rows))
+        b = len(p_rows)
+        ids = torch.full((b, length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((b, length), dtype=torch.long)
+        labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
+        for i, (p, a) in enumerate(zip(p_rows, a_rows)):
+            n = len(p) + len(a)
+            ids[i, :n] = torch.tensor(p + a)
+            mask[i, :n] = 1
+            labels[i, len(p):n] = torch.tensor(a)
+        return ids, mask, labels
+
+
 class OpenFlamingoAdapter(FrozenVLM):
     """A frozen OpenFlamingo (or a model built from the same parts, like the mini VLM).
 
@@ -181,6 +231,7 @@ class OpenFlamingoAdapter(FrozenVLM):
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.end_token_id
         self._position_ids = _lm_takes_position_ids(flamingo.lang_encoder)
+        self.teacher_forcing = TeacherForcing(tokenizer, flamingo.media_token_id, answer_end, self.pad_token_id)
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -196,48 +247,18 @@ class OpenFlamingoAdapter(FrozenVLM):
         return self
 
     def _tokenize(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
-        if not texts:
-            return []
-        return self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+        return self.teacher_forcing.tokenize(texts, add_special_tokens)
 
     def _prompt_ids(self, prompts: Sequence[str], n_images: int = 1, n_slots: int = 0) -> list[list[int]]:
-        """Token ids of each prompt, checked to hold ``n_images`` ``<image>`` tokens, with
-        ``n_slots`` ``SLOT`` placeholders right after the last one (where ``lm_prefix`` goes)."""
-        rows = self._tokenize(prompts, add_special_tokens=True)
-        media = self.flamingo.media_token_id
-        for p, row in zip(prompts, rows):
-            if row.count(media) != n_images:
-                count = "one" if n_images == 1 else str(n_images)
-                raise ValueError(f"prompt must hold exactly {count} {MEDIA_TOKEN} token(s), one per image: {p!r}")
-        if n_slots:
-            at = [len(row) - row[::-1].index(media) for row in rows]  # just after the last image
-            rows = [row[:i] + [SLOT] * n_slots + row[i:] for row, i in zip(rows, at)]
-        return rows
+        return self.teacher_forcing.prompt_ids(prompts, n_images, n_slots)
 
     def teacher_forcing_batch(
         self, prompts: Sequence[str], answers: Sequence[str], n_images: int = 1, n_slots: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-padded ``(input_ids, attention_mask, labels)`` for prompt + answer + end token.
-
-        Prompt and answer are tokenised separately and concatenated (the boundary is the one
-        ``generate`` sees); ``labels`` is ``IGNORE_INDEX`` on the prompt and the padding.
-        ``n_slots`` > 0 leaves ``SLOT`` ids after the image for :meth:`_with_prefix` to fill."""
-        if len(prompts) != len(answers):
-            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-        p_rows = self._prompt_ids(prompts, n_images, n_slots)
-        a_rows = self._tokenize([a + self.answer_end for a in answers], add_special_tokens=False)
-        length = max(len(p) + len(a) for p, a in zip(p_rows, a_rows))
-        b = len(p_rows)
-        ids = torch.full((b, length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((b, length), dtype=torch.long)
-        labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
-        for i, (p, a) in enumerate(zip(p_rows, a_rows)):
-            n = len(p) + len(a)
-            ids[i, :n] = torch.tensor(p + a)
-            mask[i, :n] = 1
-            labels[i, len(p):n] = torch.tensor(a)
+        """Right-padded ``(input_ids, attention_mask, labels)`` on the model's device (see
+        :class:`TeacherForcing`)."""
         dev = self.device
-        return ids.to(dev), mask.to(dev), labels.to(dev)
+        return tuple(t.to(dev) for t in self.teacher_forcing(prompts, answers, n_images, n_slots))
 
     def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(len(r) for r in rows)

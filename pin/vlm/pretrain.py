@@ -20,8 +20,7 @@ from tqdm import tqdm
 
 from pin.categories import readable
 from pin.composed import ComposedImage
-from pin.vlm.pretrain_text import ObjectFact, PretrainText, make_text
-
+from pin.vlm.pretrain_text import ObjectFact, PretrainText, TextRecipe, make_text
 
 
 def facts_of(image: ComposedImage) -> list[ObjectFact]:
@@ -48,7 +47,15 @@ CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
 
 def normalise(u8: torch.Tensor) -> torch.Tensor:
-    return (u8.float() / 255 - CLIP_MEAN) / CLIP_STD
+    return (u8.float() / 255 - CLIP_MEAN.to(u8.device)) / CLIP_STD.to(u8.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"pretrain.device={name!r} but torch sees no CUDA device; use cpu or auto")
+    return torch.device(name)
 
 
 @dataclass
@@ -63,9 +70,10 @@ def pretrain_vision(flamingo, u8: torch.Tensor, labels: torch.Tensor, *, steps: 
                     seed: int, eval_u8: torch.Tensor | None = None, eval_labels: torch.Tensor | None = None
                     ) -> VisionResult:
     visual = flamingo.vision_encoder
+    dev = next(visual.parameters()).device
     with torch.no_grad():
-        width = visual(normalise(u8[:1]))[1].shape[-1]
-    head = torch.nn.Linear(width, labels.shape[1])
+        width = visual(normalise(u8[:1].to(dev)))[1].shape[-1]
+    head = torch.nn.Linear(width, labels.shape[1]).to(dev)
     params = list(visual.parameters()) + list(head.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -77,7 +85,7 @@ def pretrain_vision(flamingo, u8: torch.Tensor, labels: torch.Tensor, *, steps: 
     bar = tqdm(range(steps), desc="pretrain vision", unit="step")
     for _ in bar:
         idx = torch.randint(len(u8), (batch_size,), generator=gen)
-        x = normalise(u8[idx])
+        x = normalise(u8[idx].to(dev, non_blocking=True))
         if torch.rand((), generator=gen) < 0.5:  # flips keep labels valid and carry no position
             x = x.flip(-1)
         tokens = visual(x)[1]
@@ -85,20 +93,22 @@ def pretrain_vision(flamingo, u8: torch.Tensor, labels: torch.Tensor, *, steps: 
         # Softmax over classes against the normalised multi-hot label (Mahajan et al. 2018): with
         # hundreds of classes and ~2 positives per image, per-class BCE sits at the base rate
         # for hundreds of steps; this learns from the first.
-        target = labels[idx] / labels[idx].sum(1, keepdim=True).clamp_min(1)
+        y = labels[idx].to(dev, non_blocking=True)
+        target = y / y.sum(1, keepdim=True).clamp_min(1)
         loss = -(target * logits.log_softmax(-1)).sum(1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        value = float(loss.detach())
-        ema = value if ema is None else 0.95 * ema + 0.05 * value
-        bar.set_postfix(loss=f"{ema:.4f}")
+        if bar.n % 10 == 0 or bar.n == steps - 1:  # a host sync every 10th step only
+            value = float(loss.detach())
+            ema = value if ema is None else 0.8 * ema + 0.2 * value
+            bar.set_postfix(loss=f"{ema:.4f}")
     visual.eval()
     mean_ap = float("nan")
     if eval_u8 is not None and len(eval_u8):
         with torch.no_grad():
-            scores = torch.cat([head(visual(normalise(eval_u8[i:i + 256]))[1]).amax(1)
+            scores = torch.cat([head(visual(normalise(eval_u8[i:i + 256].to(dev)))[1]).amax(1).cpu()
                                 for i in range(0, len(eval_u8), 256)])
         mean_ap = mean_average_precision(scores.numpy(), eval_labels.numpy())
     return VisionResult(steps, time.perf_counter() - t0, ema or float("nan"), mean_ap)
@@ -124,9 +134,36 @@ class LanguageResult:
     final_loss: float
 
 
+class TextBatches(torch.utils.data.IterableDataset):
+    """Step ``s``'s batch is a pure function of (seed, s): image rows, then their tokenised texts.
+
+    With DataLoader workers, worker ``k`` of ``n`` makes the steps ``k, k+n, ...`` and the loader
+    hands them out in step order, so any number of workers gives the same batches."""
+
+    def __init__(self, adapter, facts, vocabulary, recipe: TextRecipe, *, steps: int, batch_size: int, seed: int):
+        self.tokenize = adapter.teacher_forcing  # picklable: no model inside
+        self.facts, self.vocabulary, self.recipe = facts, vocabulary, recipe
+        self.steps, self.batch_size, self.seed = steps, batch_size, seed
+
+    def batch(self, step: int):
+        rng = random.Random(self.seed * 1_000_003 + step)
+        idx = [rng.randrange(len(self.facts)) for _ in range(self.batch_size)]
+        texts = [make_text(self.facts[i], self.vocabulary, rng, recipe=self.recipe) for i in idx]
+        ids, mask, labels = self.tokenize([t.prompt for t in texts], [t.answer for t in texts])
+        return torch.tensor(idx), ids, mask, labels
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        k, n = (info.id, info.num_workers) if info else (0, 1)
+        for step in range(k, self.steps, n):
+            yield self.batch(step)
+
+
 def pretrain_language(adapter, flamingo, features: torch.Tensor, facts: list[list[ObjectFact]], vocabulary: list[str],
-                      *, steps: int, lr: float, batch_size: int, seed: int) -> LanguageResult:
+                      *, steps: int, lr: float, batch_size: int, seed: int, recipe: TextRecipe = TextRecipe(),
+                      workers: int = 0) -> LanguageResult:
     from pin.vlm.mini import trainable_for_pretraining
+    from pin.vlm.openflamingo import masked_answer_loss
 
     groups = trainable_for_pretraining(flamingo)
     params = groups["perceiver"] + groups["xattn"] + groups["lm"]
@@ -134,28 +171,32 @@ def pretrain_language(adapter, flamingo, features: torch.Tensor, facts: list[lis
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.05)
+    batches = TextBatches(adapter, facts, vocabulary, recipe, steps=steps, batch_size=batch_size, seed=seed)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
+                                         pin_memory=adapter.device.type == "cuda",
+                                         persistent_workers=False, prefetch_factor=8 if workers else None)
+    dev = adapter.device
     t0, ema = time.perf_counter(), None
-    bar = tqdm(range(steps), desc="pretrain language", unit="step")
-    for step in bar:
-        rng = random.Random(seed * 1_000_003 + step)
-        idx = [rng.randrange(len(facts)) for _ in range(batch_size)]
-        texts = [make_text(facts[i], vocabulary, rng) for i in idx]
-        loss = adapter.answer_loss(features[idx], [t.prompt for t in texts], [t.answer for t in texts])
+    bar = tqdm(loader, total=steps, desc="pretrain language", unit="step")
+    for step, (idx, ids, mask, labels) in enumerate(bar):
+        ids, mask, labels = (t.to(dev, non_blocking=True) for t in (ids, mask, labels))
+        loss = masked_answer_loss(adapter.logits(features[idx.to(features.device)], ids, mask), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        value = float(loss.detach())
-        ema = value if ema is None else 0.95 * ema + 0.05 * value
-        bar.set_postfix(loss=f"{ema:.4f}")
+        if step % 10 == 0 or step == steps - 1:  # a host sync every 10th step only
+            value = float(loss.detach())
+            ema = value if ema is None else 0.8 * ema + 0.2 * value
+            bar.set_postfix(loss=f"{ema:.4f}")
     for p in params:
         p.requires_grad_(False)
     return LanguageResult(steps, time.perf_counter() - t0, ema or float("nan"))
 
 
 def recognition_report(adapter, features: torch.Tensor, facts: list[list[ObjectFact]], vocabulary: list[str],
-                       seed: int = 0, batch_size: int = 64) -> dict:
+                       seed: int = 0, batch_size: int = 64, recipe: TextRecipe = TextRecipe()) -> dict:
     """Caption object precision/recall and QA accuracy of the (frozen) mini VLM."""
     rng = random.Random(seed)
     tp = fp = fn = 0
@@ -172,12 +213,12 @@ def recognition_report(adapter, features: torch.Tensor, facts: list[list[ObjectF
             fp += len(said - truth)
             fn += len(truth - said)
         for kind in ("exists", "count", "slot"):
-            texts: list[PretrainText] = [make_text(objs, vocabulary, rng, kind) for objs in batch]
+            texts: list[PretrainText] = [make_text(objs, vocabulary, rng, kind, recipe) for objs in batch]
             outs = adapter.generate(feats, [t.prompt for t in texts], max_new_tokens=20)
             key = "slot_size" if kind == "slot" else kind
             for t, out in zip(texts, outs):
-                if kind == "slot":  # the named object's size box " [0,0,w,h]"
-                    qa[key].append(out.strip() == t.answer.strip())
+                if kind == "slot":  # the named object's size: x2 - x1 and y2 - y1 of the slot box
+                    qa[key].append(_slot_size(out) == _slot_size(t.answer))
                 else:
                     qa[key].append(out.strip() == t.answer.strip())
     precision = tp / max(tp + fp, 1)
@@ -185,6 +226,16 @@ def recognition_report(adapter, features: torch.Tensor, facts: list[list[ObjectF
     return {"caption_precision": round(precision, 4), "caption_recall": round(recall, 4),
             **{f"qa_{k}": round(float(np.mean(v)), 4) if v else None for k, v in qa.items()},
             "n_images": len(facts)}
+
+
+def _slot_size(text: str) -> tuple[int, int] | None:
+    import re
+
+    m = re.fullmatch(r"\s*\[(\d+),(\d+),(\d+),(\d+)\]\s*", text)
+    if not m:
+        return None
+    x1, y1, x2, y2 = map(int, m.groups())
+    return (x2 - x1, y2 - y1)
 
 
 def _names_in(caption: str, vocab_sorted: list[str]) -> list[str]:
@@ -211,20 +262,40 @@ def category_vocabulary(images: list[ComposedImage]) -> list[str]:
     return sorted({readable(o.category) for im in images for o in im.objects})
 
 
+def text_recipe(p, grid: int = 8, frame: int = 224) -> TextRecipe:
+    return TextRecipe(mix=tuple(p.text_mix.items()), slot=p.slot, frame=frame, cell=frame // grid)
+
+
 def run_pretrain(p, composed_dir: str = "data/composed", out_dir: str = "models/mini_vlm",
-                 metrics_path: str = "metrics/pretrain.json") -> str:
-    """The pretrain_vlm stage: build, pretrain (vision, then language) and save the mini VLM."""
+                 metrics_path: str = "metrics/pretrain.json", grid: int = 8, workers: int = 0) -> str:
+    """The pretrain_vlm stage: build, pretrain (vision, then language) and save the mini VLM -
+    or, with ``pretrain.source=asset``, check and copy the shipped one (see :func:`install_asset`)."""
     from pathlib import Path
 
     from pin.composed import read_split
+
+    images = read_split(Path(composed_dir) / "pretrain", limit=p.max_images)
+    probe = read_split(Path(composed_dir) / "heldout", limit=256)  # unseen images, held-out names
+    if p.source == "asset":
+        return install_asset(p, images, probe, out_dir, metrics_path)
+    return pretrain_mini(p, images, probe, out_dir, metrics_path, grid=grid, workers=workers)
+
+
+def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: int = 8, workers: int = 0,
+                  pixels: tuple[torch.Tensor, torch.Tensor] | None = None) -> str:
+    """Pretrain a fresh mini VLM on ``images`` and report its recognition on ``probe``.
+
+    ``pixels``: the (images, probe) uint8 tensors at ``p.image_size`` if already decoded."""
     from pin.io import atomic_write_json
     from pin.vlm.mini import MiniVLMConfig, build_mini_flamingo, count_parameters, save_mini
     from pin.vlm.openflamingo import OpenFlamingoAdapter
     from pin.vlm.pretrain_text import words_of
 
     torch.manual_seed(p.seed)
-    images = read_split(Path(composed_dir) / "pretrain", limit=p.max_images)
-    probe = read_split(Path(composed_dir) / "heldout", limit=256)  # unseen images, held-out names
+    device = resolve_device(p.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     vocabulary = sorted(set(category_vocabulary(images)) | set(category_vocabulary(probe)))
     missing = sorted(set(vocabulary) - set(category_vocabulary(images)))
     if missing:  # only with a shrunken pretrain split (tests); the default covers every category
@@ -232,29 +303,33 @@ def run_pretrain(p, composed_dir: str = "data/composed", out_dir: str = "models/
               f"e.g. {missing[:3]}")
     config = MiniVLMConfig(image_size=p.image_size, patch_size=p.patch, vision_width=p.vision_width,
                            vision_layers=p.vision_layers, lm_width=p.lm_width, lm_layers=p.lm_layers, stem=p.stem,
-                           gate_init=p.gate_init)
+                           gate_init=p.gate_init, xattn_every=p.xattn_every)
     flamingo, processor, tokenizer = build_mini_flamingo(config, words_of(vocabulary))
+    flamingo.to(device)
 
-    u8 = pixels_uint8(p.image_size, images)
+    u8, probe_u8 = pixels if pixels is not None else (pixels_uint8(p.image_size, images),
+                                                       pixels_uint8(p.image_size, probe))
     index = {name: i for i, name in enumerate(vocabulary)}
     labels = multi_hot(images, index)
-    probe_u8 = pixels_uint8(p.image_size, probe)
     probe_labels = multi_hot(probe, index)
     vis = pretrain_vision(flamingo, u8, labels, steps=p.vision_steps, lr=p.vision_lr, batch_size=p.batch_size,
                           seed=p.seed, eval_u8=probe_u8, eval_labels=probe_labels)
 
     adapter = OpenFlamingoAdapter(flamingo, processor, tokenizer, name="mini")  # freezes everything
     with torch.no_grad():
-        feats = torch.cat([adapter.patch_features(normalise(u8[i:i + 256])) for i in range(0, len(u8), 256)])
-        probe_feats = adapter.patch_features(normalise(probe_u8))
+        feats = torch.cat([adapter.patch_features(normalise(u8[i:i + 256].to(device))) for i in range(0, len(u8), 256)])
+        probe_feats = adapter.patch_features(normalise(probe_u8.to(device)))
     facts = [facts_of(im) for im in images]
+    recipe = text_recipe(p, grid)
     lang = pretrain_language(adapter, flamingo, feats, facts, vocabulary, steps=p.lm_steps, lr=p.lm_lr,
-                             batch_size=p.batch_size, seed=p.seed)
+                             batch_size=p.lm_batch_size or p.batch_size, seed=p.seed, recipe=recipe, workers=workers)
     flamingo.eval()
-    report = recognition_report(adapter, probe_feats, [facts_of(im) for im in probe], vocabulary, seed=p.seed)
-    meta = {"vocabulary": vocabulary, "pretrain_images": len(images)}
-    save_mini(out_dir, flamingo, tokenizer, config, meta=meta)
+    report = recognition_report(adapter, probe_feats, [facts_of(im) for im in probe], vocabulary, seed=p.seed,
+                                recipe=recipe)
+    flamingo.to("cpu")
     metrics = {
+        "source": "train",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "vision": {"steps": vis.steps, "seconds": round(vis.seconds, 1), "final_loss": round(vis.final_loss, 4),
                    "heldout_map": round(vis.map, 4)},
         "language": {"steps": lang.steps, "seconds": round(lang.seconds, 1), "final_loss": round(lang.final_loss, 4)},
@@ -262,7 +337,58 @@ def run_pretrain(p, composed_dir: str = "data/composed", out_dir: str = "models/
         "n_parameters": count_parameters(flamingo),
         "n_images": len(images),
         "n_categories": len(vocabulary),
+        "recipe": {"slot": p.slot, "text_mix": dict(p.text_mix), "xattn_every": p.xattn_every},
     }
+    meta = {"vocabulary": vocabulary, "pretrain_images": len(images), "pretrain_metrics": metrics}
+    save_mini(out_dir, flamingo, tokenizer, config, meta=meta)
     atomic_write_json(metrics_path, metrics)
     return (f"{count_parameters(flamingo):,} params; vision mAP {vis.map:.3f}; captions P/R "
             f"{report['caption_precision']:.2f}/{report['caption_recall']:.2f}; yes/no {report['qa_exists']}")
+
+
+def install_asset(p, images, probe, out_dir: str, metrics_path: str) -> str:
+    """Copy the shipped mini VLM into ``out_dir`` after checking it fits this data.
+
+    The asset knows a fixed vocabulary (the categories of the offline default's generate
+    params); other categories need ``pretrain.source=train``. Its recognition is measured again
+    here, on this machine, on the held-out probe images."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pin.errors import PinError
+    from pin.io import atomic_write_json
+    from pin.vlm.mini import load_mini, read_mini_config
+
+    asset = Path(p.asset)
+    if not (asset / "mini_vlm.json").is_file():
+        raise PinError(f"pretrain.asset: no mini VLM at {asset} (expected {asset}/mini_vlm.json); "
+                       f"rebuild it with scripts/build_mini_vlm.py or set pretrain.source=train")
+    meta = read_mini_config(asset).get("meta", {})
+    vocabulary = sorted(set(category_vocabulary(images)) | set(category_vocabulary(probe)))
+    known = meta.get("vocabulary", [])
+    if vocabulary != known:
+        new, gone = sorted(set(vocabulary) - set(known)), sorted(set(known) - set(vocabulary))
+        raise PinError(f"pretrain.source=asset: the shipped mini VLM ({asset}) was pretrained on other categories "
+                       f"(unknown here: {new[:5]}{'...' if len(new) > 5 else ''}; missing: {gone[:5]}"
+                       f"{'...' if len(gone) > 5 else ''}); set pretrain.source=train to pretrain one for these")
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mini_vlm.", dir=out.parent))
+    shutil.copytree(asset, tmp, dirs_exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    adapter = load_mini(out)
+    probe_u8 = pixels_uint8(adapter.flamingo.vision_encoder.image_size[0], probe)
+    with torch.no_grad():
+        feats = adapter.patch_features(normalise(probe_u8))
+    shipped = meta.get("pretrain_metrics", {})
+    recipe = text_recipe(p) if not shipped.get("recipe") else TextRecipe(
+        mix=tuple(shipped["recipe"]["text_mix"].items()), slot=shipped["recipe"]["slot"])
+    report = recognition_report(adapter, feats, [facts_of(im) for im in probe], vocabulary, seed=p.seed, recipe=recipe)
+    metrics = {**shipped, "source": f"asset {asset}", "recognition_heldout": report}
+    atomic_write_json(metrics_path, metrics)
+    return (f"installed {asset} ({shipped.get('n_parameters', '?'):,} params, pretrained on "
+            f"{shipped.get('device', '?')}); captions P/R {report['caption_precision']:.2f}/"
+            f"{report['caption_recall']:.2f}; yes/no {report['qa_exists']}")

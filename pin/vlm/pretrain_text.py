@@ -11,11 +11,16 @@ Text kinds (weights in ``TEXT_MIX``):
 - exists:   "<image>Question: is there a cup? Answer: yes<|endofchunk|>" (negatives drawn from
             categories absent from the image)
 - count:    "<image>Question: how many objects? Answer: 2<|endofchunk|>" and per category
-- slot:     "<image>In the image is a dog located at [0,0,w,h]<|endofchunk|>": the answer format
-            filled with the named object's SIZE only - the box it would have if it were moved
-            to the top-left corner, the same wherever it really is (w, h: its width and height
-            in the 224 frame, multiples of the grid cell). It teaches the frozen LM to look up
-            the named object before writing a parseable box, without ever saying where it is.
+- slot:     "<image>In the image is a dog located at [x,y,x+w,y+h]<|endofchunk|>": the answer
+            format filled with the named object's SIZE (w, h: its width and height in the 224
+            frame, multiples of the grid cell) and a corner that is NOT its own:
+            ``slot="origin"`` puts it at (0, 0); ``slot="anywhere"`` draws (x, y) uniformly
+            from the grid cells where a box of that size fits, from the text's own random
+            stream - image-independent noise, the same distribution wherever the object
+            really is. It teaches the frozen LM to look up the named object before writing a
+            parseable box, without ever saying where it is. With "origin" the LM learns that
+            the first two numbers are always 0 and PIN cannot move them; with "anywhere" they
+            are free choices that the image does not decide - which is what PIN then decides.
             (An earlier form, " [w,h,n,k]" with counts in the last two slots, left PIN's
             answers stuck at x2 < x1: unparsable.)
 """
@@ -30,6 +35,24 @@ END_TOKEN = "<|endofchunk|>"
 PROMPT = "In the image is a {obj} located at"
 
 TEXT_MIX = {"caption": 0.25, "exists": 0.3, "count": 0.15, "slot": 0.3}
+SLOT_STYLES = ("origin", "anywhere")
+
+
+@dataclass(frozen=True)
+class TextRecipe:
+    """How texts are drawn: the mix of kinds, where slot boxes are anchored, the grid cell."""
+
+    mix: tuple[tuple[str, float], ...] = tuple(TEXT_MIX.items())
+    slot: str = "origin"
+    frame: int = 224
+    cell: int = 28  # 224 / compose.grid
+
+    def __post_init__(self):
+        unknown = sorted({k for k, _ in self.mix} - set(TEXT_MIX))
+        if unknown:
+            raise ValueError(f"unknown text kinds {unknown}; known: {sorted(TEXT_MIX)}")
+        if self.slot not in SLOT_STYLES:
+            raise ValueError(f"slot must be one of {SLOT_STYLES}, got {self.slot!r}")
 
 
 @dataclass(frozen=True)
@@ -59,12 +82,19 @@ def _article_list(names: list[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def slot_answer(obj: ObjectFact) -> str:
-    return f" [0,0,{obj.width},{obj.height}]"
+def slot_answer(obj: ObjectFact, rng: random.Random | None = None, recipe: TextRecipe = TextRecipe()) -> str:
+    x = y = 0
+    if recipe.slot == "anywhere":
+        if rng is None:
+            raise ValueError('slot="anywhere" needs a random stream')
+        x = recipe.cell * rng.randrange(max(recipe.frame - obj.width, 0) // recipe.cell + 1)
+        y = recipe.cell * rng.randrange(max(recipe.frame - obj.height, 0) // recipe.cell + 1)
+    return f" [{x},{y},{x + obj.width},{y + obj.height}]"
 
 
 def make_text(
-    objects: list[ObjectFact], vocabulary: list[str], rng: random.Random, kind: str | None = None
+    objects: list[ObjectFact], vocabulary: list[str], rng: random.Random, kind: str | None = None,
+    recipe: TextRecipe = TextRecipe(),
 ) -> PretrainText:
     """One pretraining text for an image holding ``objects`` (order irrelevant)."""
     if not objects:
@@ -72,7 +102,7 @@ def make_text(
     # Sorting first makes the output independent of the order objects were pasted in.
     objects = sorted(objects, key=lambda o: (o.name, o.width, o.height))
     if kind is None:
-        kind = rng.choices(list(TEXT_MIX), weights=list(TEXT_MIX.values()))[0]
+        kind = rng.choices([k for k, _ in recipe.mix], weights=[w for _, w in recipe.mix])[0]
     names = [o.name for o in objects]
     if kind == "caption":
         shuffled = names[:]
@@ -94,7 +124,7 @@ def make_text(
         return PretrainText(kind, f"{IMAGE_TOKEN}Question: how many {name}? Answer:", f" {counts[name]}")
     if kind == "slot":
         obj = rng.choice(objects)
-        return PretrainText(kind, IMAGE_TOKEN + PROMPT.format(obj=obj.name), slot_answer(obj))
+        return PretrainText(kind, IMAGE_TOKEN + PROMPT.format(obj=obj.name), slot_answer(obj, rng, recipe))
     raise ValueError(f"unknown text kind {kind!r}")
 
 

@@ -1,0 +1,255 @@
+"""The ``pin`` command: use a trained positional insert like a tool.
+
+    pin locate photo.jpg "a dog"                   # box printed, photo_located.png written
+    pin locate photo.jpg "a cup" --fit letterbox --json
+    pin info models/pin                            # the insert's config and size
+    pin similarity models/pin -o pi.png            # the paper's Figure 9 for an insert
+
+``locate`` reads the VLM settings from ``params.yaml`` when there is one (``vlm`` section; the box
+grid from ``compose.grid``, the grid the insert was trained on) and falls back to the offline
+default (``--model mini`` from ``models/mini_vlm``, grid 8). Exit codes: 0 box found, 1 error,
+2 bad usage, 3 the model gave no readable box.
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pin.errors import PinError
+from pin.io import atomic_write_bytes
+
+PROJECT = Path(__file__).resolve().parents[1]  # the checkout, for an editable install (setup.sh)
+DEFAULT_GRID = {"mini": 8, "openflamingo": 16, "blip2": 14}  # offline default; paper Sec. 5
+NO_BOX = 3
+
+app = typer.Typer(
+    name="pin",
+    help="PIN: locate objects with a frozen VLM plus a positional insert (CVPR 2024).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _here_or_project(path: Path) -> Path:
+    """A relative path as given when it exists from the current folder, else inside the project
+    checkout when it exists there: `pin locate ~/photo.jpg "a dog"` works from any folder."""
+    if path.is_absolute() or path.exists() or not (PROJECT / path).exists():
+        return path
+    return PROJECT / path
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(1)
+
+
+def _vlm_settings(model: str, vlm_path: Optional[Path], params_file: Path, device: str, grid: Optional[int]):
+    """(VLMParams, grid): params.yaml's ``vlm`` section if present, ``--model`` and paths on top."""
+    from pin import params
+
+    params_file = _here_or_project(params_file)
+    raw = params.load_yaml(params_file) if params_file.is_file() else {}
+    section = dict(raw.get("vlm") or {})
+    trained_for = section.get("name", "mini")
+    section.update(name=model, device=device)
+    if vlm_path is not None:
+        key = {"mini": "path", "openflamingo": "checkpoint", "blip2": "blip2_model"}[model]
+        section[key] = str(vlm_path)
+    if model == "mini" and vlm_path is None:
+        section["path"] = str(_here_or_project(Path(section.get("path", "models/mini_vlm"))))
+    vlm_p = params.parse_section("vlm", section)
+    if grid is None:
+        same = model == trained_for and raw.get("compose", {}).get("grid")
+        grid = int(raw["compose"]["grid"]) if same else DEFAULT_GRID[model]
+    return vlm_p, grid
+
+
+def _load_vlm(vlm_p):
+    from pin.vlm.registry import load_vlm
+
+    if vlm_p.name == "mini":
+        folder = Path(vlm_p.path)
+        if not (folder / "mini_vlm.json").is_file():
+            raise PinError(
+                f"{folder}: no mini VLM here. It is made by this project's pipeline: run `dvc repro` "
+                "(about 10 minutes on 2 CPU cores; it writes models/mini_vlm and models/pin), or point "
+                "--vlm-path at a folder with mini_vlm.json"
+            )
+    return load_vlm(vlm_p)
+
+
+def _load_insert(path: Path):
+    from pin.insert import PositionalInsert
+
+    path = _here_or_project(path)
+    if not (path / "config.json").is_file():
+        raise PinError(
+            f"{path}: no trained insert here (config.json + model.safetensors). Train one with "
+            "`dvc repro train` (the offline default takes about 10 minutes end to end), point "
+            "--insert at one, or pass --no-insert to ask the raw VLM"
+        )
+    return PositionalInsert.from_pretrained(path).eval()
+
+
+@app.command()
+def locate(
+    image: Annotated[Path, typer.Argument(help="A picture of any size (JPEG, PNG, ...).")],
+    query: Annotated[str, typer.Argument(help='What to find, e.g. "a dog" (a leading a/an/the is dropped).')],
+    model: Annotated[str, typer.Option(help="mini (offline default) | openflamingo | blip2.")] = "mini",
+    insert: Annotated[Path, typer.Option(help="Folder of the trained insert.")] = Path("models/pin"),
+    no_insert: Annotated[bool, typer.Option("--no-insert", help="Ask the raw VLM, without PIN.")] = False,
+    vlm_path: Annotated[Optional[Path], typer.Option(
+        help="Model folder: mini VLM folder (default vlm.path, models/mini_vlm), OpenFlamingo checkpoint, "
+             "or BLIP-2 folder.")] = None,
+    fit: Annotated[str, typer.Option(
+        help="resize: squash into the square frame (as evaluation does) | letterbox: keep the aspect ratio, "
+             "pad with grey.")] = "resize",
+    grid: Annotated[Optional[int], typer.Option(
+        help="Box grid G the insert was trained on (default: compose.grid of params.yaml, else 8/16/14 for "
+             "mini/openflamingo/blip2).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Where to write the picture with the box (default ./<name>_located.png).")] = None,
+    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read vlm/compose from.")] = Path(
+        "params.yaml"),
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Find QUERY in IMAGE: print the box (pixels of IMAGE) and write IMAGE with the box drawn."""
+    import torch
+
+    from pin.locate import draw_box, locate as run_locate, open_image
+
+    if model not in DEFAULT_GRID:
+        raise typer.BadParameter(f"must be one of {', '.join(DEFAULT_GRID)}", param_hint="--model")
+    if fit not in ("resize", "letterbox"):
+        raise typer.BadParameter("must be resize or letterbox", param_hint="--fit")
+    insert = _here_or_project(insert)
+    try:
+        picture = open_image(image)
+        vlm_p, grid = _vlm_settings(model, vlm_path, params_file, device, grid)
+        vlm = _load_vlm(vlm_p)
+        pi = None
+        if not no_insert:
+            module = _load_insert(insert)
+            site = vlm.site
+            if (module.config.n_positions, module.config.width) != (site.n_positions, site.width):
+                raise PinError(
+                    f"{insert}: this insert was trained for {module.config.n_positions} positions of width "
+                    f"{module.config.width}, but the {vlm.name} VLM has {site.n_positions} x {site.width}: "
+                    "use the insert trained with this VLM"
+                )
+            with torch.no_grad():
+                pi = module.to(vlm.device)().detach()
+        result = run_locate(vlm, pi, picture, query, grid, fit=fit)
+        target = out or Path(f"{image.stem}_located.png")
+        buf = io.BytesIO()
+        fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(target.suffix.lower(), "PNG")
+        draw_box(picture, result).save(buf, format=fmt)
+        atomic_write_bytes(target, buf.getvalue())
+    except (PinError, ValueError, OSError) as err:
+        _fail(err)
+    w, h = result.size
+    if as_json:
+        typer.echo(json.dumps({**result.to_dict(), "grid": grid, "model": vlm.name,
+                               "insert": None if no_insert else str(insert), "image": str(target)}))
+    elif result.box is None:
+        typer.echo(f"{query}: no box - the model answered {result.answer!r}")
+        typer.echo(f"wrote {target}")
+    else:
+        x1, y1, x2, y2 = (round(v) for v in result.box)
+        typer.echo(f"{query}: [{x1}, {y1}, {x2}, {y2}] (x1, y1, x2, y2 in pixels of the {w}x{h} image)")
+        typer.echo(f"  model answer {result.answer.strip()!r} on a {grid}x{grid} grid of the 224-px frame "
+                   f"({fit}); {'raw ' + vlm.name if no_insert else vlm.name + ' + PIN ' + str(insert)}")
+        typer.echo(f"wrote {target}")
+    if result.box is None:
+        raise typer.Exit(NO_BOX)
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="An insert folder (models/pin) or a mini VLM folder.")] = Path(
+        "models/pin"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print a saved insert's config, parameter count and size on disk (or a mini VLM's)."""
+    path = _here_or_project(path)
+    try:
+        if (path / "mini_vlm.json").is_file():
+            from pin.vlm.mini import read_mini_config
+
+            meta = read_mini_config(path)
+            report = {"kind": "mini VLM", "path": str(path), "parameters": meta.get("n_parameters"),
+                      "config": meta.get("config"), "vocab_size": meta.get("vocab_size")}
+        else:
+            module = _load_insert(path)
+            cfg = module.config
+            n_patches = cfg.n_positions - int(cfg.has_cls)
+            side = int(round(n_patches ** 0.5))
+            report = {
+                "kind": "positional insert",
+                "path": str(path),
+                "parameters": sum(p.numel() for p in module.parameters()),
+                "trainable_parameters": module.n_trainable_params,
+                "patch_grid": f"{side}x{side}" + (" + CLS" if cfg.has_cls else "") if side * side == n_patches
+                else f"{n_patches} positions",
+                "output_shape": [cfg.n_positions, cfg.width],
+                "config": cfg.to_dict(),
+            }
+        files = [f for f in sorted(path.iterdir()) if f.is_file()]
+        report["files"] = {f.name: f.stat().st_size for f in files}
+        report["bytes"] = sum(report["files"].values())
+    except (PinError, OSError, ValueError) as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from pin.stage import human_size
+
+    typer.echo(f"{report['kind']}: {path}")
+    typer.echo(f"  parameters: {report['parameters']:,}" + (
+        f" ({report['trainable_parameters']:,} trainable)" if "trainable_parameters" in report else ""))
+    if "patch_grid" in report:
+        typer.echo(f"  adds a {report['output_shape'][0]} x {report['output_shape'][1]} tensor to the patch "
+                   f"features ({report['patch_grid']} patches)")
+    typer.echo(f"  on disk: {human_size(report['bytes'])} ({', '.join(report['files'])})")
+    typer.echo("  config:")
+    for k, v in (report.get("config") or {}).items():
+        typer.echo(f"    {k}: {v}")
+
+
+@app.command()
+def similarity(
+    path: Annotated[Path, typer.Argument(help="An insert folder.")] = Path("models/pin"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("pin_similarity.png"),
+) -> None:
+    """Draw the paper's Figure 9 for an insert: cosine similarity between patch positions of the raw
+    sinusoidal table S and of the learned pi (the pipeline's `figures` stage adds the encoder panel)."""
+    from pin.viz.similarity import write_similarity
+
+    try:
+        stats = write_similarity(_load_insert(path), out)
+    except (PinError, OSError, ValueError) as err:
+        _fail(err)
+    for key, s in stats.items():
+        typer.echo(f"{key}: mean similarity with 4-neighbours {s['neighbours']:.2f}, same row {s['same_row']:.2f}, "
+                   f"same column {s['same_column']:.2f}, farther {s['other']:.2f}")
+    typer.echo(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pin`` console script (``[project.scripts]``); returns the exit code."""
+    try:
+        app(args=argv, prog_name="pin", standalone_mode=True)
+    except SystemExit as stop:
+        return int(stop.code or 0) if not isinstance(stop.code, str) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""pretrain.source=asset: the shipped mini VLM is installed only onto data it was pretrained for."""
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pin.composed import ComposedImage, ComposedObject
+from pin.errors import PinError
+from pin.params import ParamsError, parse_section
+from pin.vlm.mini import MiniVLMConfig, build_mini_flamingo, load_mini, save_mini
+from pin.vlm.pretrain import install_asset
+
+torch.set_num_threads(1)
+
+SMALL = MiniVLMConfig(image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
+                      lm_width=16, lm_layers=2, lm_heads=2, perceiver_latents=4, perceiver_heads=2,
+                      perceiver_dim_head=8, xattn_heads=2, xattn_dim_head=8)
+
+
+def image(i, names):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 40 * i % 255, np.uint8)).save(buf, "JPEG")
+    objs = tuple(ComposedObject(n, (0, 0, 16, 16), (0, 0, 4, 4), n) for n in names)
+    return ComposedImage(i, buf.getvalue(), 32, 32, objs)
+
+
+@pytest.fixture()
+def asset(tmp_path):
+    flamingo, _, tok = build_mini_flamingo(SMALL, ["dog", "cup"])
+    save_mini(tmp_path / "asset", flamingo, tok, SMALL,
+              meta={"vocabulary": ["cup", "dog"], "pretrain_metrics": {"n_parameters": 1, "device": "test"}})
+    return tmp_path / "asset"
+
+
+def params(asset, **kw):
+    return parse_section("pretrain", {"source": "asset", "asset": str(asset), **kw})
+
+
+def test_install_copies_weights_and_measures_recognition(tmp_path, asset):
+    images, probe = [image(0, ["dog"]), image(1, ["cup", "dog"])], [image(2, ["cup"])]
+    summary = install_asset(params(asset), images, probe, str(tmp_path / "models" / "mini_vlm"),
+                            str(tmp_path / "pretrain.json"))
+    assert "installed" in summary
+    installed = tmp_path / "models" / "mini_vlm"
+    assert (installed / "model.safetensors").read_bytes() == (asset / "model.safetensors").read_bytes()
+    load_mini(installed)  # loads
+    metrics = json.loads((tmp_path / "pretrain.json").read_text())
+    assert metrics["source"].startswith("asset") and metrics["recognition_heldout"]["n_images"] == 1
+
+
+def test_install_refuses_other_categories(tmp_path, asset):
+    out = tmp_path / "models" / "mini_vlm"
+    out.mkdir(parents=True)
+    (out / "keep").write_text("earlier output")
+    with pytest.raises(PinError, match=r"unknown here: \['kite'\].*pretrain.source=train"):
+        install_asset(params(asset), [image(0, ["kite", "dog"])], [image(1, ["cup"])], str(out),
+                      str(tmp_path / "pretrain.json"))
+    assert (out / "keep").read_text() == "earlier output"  # nothing replaced on refusal
+
+
+def test_missing_asset_says_how_to_rebuild(tmp_path):
+    with pytest.raises(PinError, match="build_mini_vlm.py"):
+        install_asset(params(tmp_path / "nowhere"), [image(0, ["dog"])], [image(1, ["dog"])],
+                      str(tmp_path / "m"), str(tmp_path / "p.json"))
+
+
+def test_text_mix_and_slot_validated_with_key():
+    with pytest.raises(ParamsError, match="text_mix"):
+        parse_section("pretrain", {"text_mix": {"gossip": 1.0}})
+    with pytest.raises(ParamsError, match="slot"):
+        parse_section("pretrain", {"slot": "centre"})
