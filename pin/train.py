@@ -131,13 +131,19 @@ class BatchFeatures:
     """The fusion network's inputs for a batch of image indices: rows of the cached patch features,
     or - for a method that changes the encoder - the encoder run on the decoded images."""
 
-    def __init__(self, vlm: FrozenVLM, method: Method, images: list[ComposedImage], desc: str):
+    def __init__(self, vlm: FrozenVLM, method: Method, images: list[ComposedImage], desc: str, cache: bool = True):
         self.vlm, self.method, self.images = vlm, method, images
-        self.cache = None if method.encodes_pixels else compute_features(vlm, images, desc=desc)
+        self.cache = None
+        if cache and not method.encodes_pixels:
+            # On a GPU the cache lives there, in bf16 (OpenFlamingo-3B, 8,000 images: 4 GiB), so a
+            # step moves no features over PCIe; on a CPU it stays fp32 in host memory.
+            on_gpu = vlm.device.type == "cuda"
+            feats = compute_features(vlm, images, desc=desc, dtype=torch.bfloat16 if on_gpu else torch.float32)
+            self.cache = feats.to(vlm.device) if on_gpu else feats
 
     def __call__(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
         if self.cache is not None:
-            return self.cache[idx].to(device, torch.float32)
+            return self.cache[idx.to(self.cache.device)].to(device, torch.float32)
         pixels = self.vlm.preprocess([self.images[int(i)].pil() for i in idx])
         return self.method.features(self.vlm, pixels).to(device, torch.float32)
 
@@ -180,6 +186,7 @@ def train_method(
     live=None,
     accelerator=None,
     fingerprint: str = "",
+    cache_features: bool = True,
 ) -> TrainResult:
     from accelerate import Accelerator
 
@@ -189,10 +196,11 @@ def train_method(
     if method.encodes_pixels and accelerator.num_processes > 1:
         raise ValueError(f"method {method.name} trains in one process (run stages/train.py without accelerate launch)")
     torch.manual_seed(seed)
-    feats = BatchFeatures(vlm, method, train_images, desc="train features")
-    val_feats = BatchFeatures(vlm, method, val_images, desc="val features") if val_images else None
+    feats = BatchFeatures(vlm, method, train_images, desc="train features", cache=cache_features)
+    val_feats = BatchFeatures(vlm, method, val_images, desc="val features", cache=cache_features) if val_images else None
 
-    optimizer = torch.optim.Adam(method.trainable_parameters(), lr=lr)
+    # fused: one kernel for the whole update on CUDA (the CPU path has no fused Adam)
+    optimizer = torch.optim.Adam(method.trainable_parameters(), lr=lr, fused=accelerator.device.type == "cuda")
     model, optimizer = accelerator.prepare(method, optimizer)
     ckpt = Checkpointer(checkpoint_dir, fingerprint)
     history: list[dict] = []
@@ -203,6 +211,8 @@ def train_method(
         method.load_trainable_state(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         start_step, history, loss_ema = state["step"], state["history"], state.get("loss_ema")
+        if loss_ema is not None:
+            loss_ema = torch.tensor(loss_ema, dtype=torch.float32, device=accelerator.device)
         Checkpointer.restore_rng(state)
         accelerator.print(f"resuming from step {start_step}")
         if live is not None and accelerator.is_main_process:
@@ -224,25 +234,27 @@ def train_method(
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
-        value = float(loss.detach())
+        # The EMA stays a device tensor: the host waits for the GPU only at log and checkpoint steps.
+        value = loss.detach().float()
         loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
         done = step + 1
         if done % log_every == 0 or done == steps:
+            ema = float(loss_ema)  # a sync (the tensor goes on: resumed and uninterrupted runs agree)
             rate = (done - start_step) * batch_size / (time.perf_counter() - t0)
-            record = {"step": done, "loss": value, "loss_ema": loss_ema, "lr": lr, "samples_per_s": rate}
+            record = {"step": done, "loss": float(value), "loss_ema": ema, "lr": lr, "samples_per_s": rate}
             history.append(record)
-            bar.set_postfix(loss=f"{loss_ema:.3f}")
+            bar.set_postfix(loss=f"{ema:.3f}")
             if live is not None and accelerator.is_main_process:
                 _log_live(live, record)
         if accelerator.is_main_process and (done % checkpoint_every == 0 and done < steps):
-            ckpt.save(done, method, optimizer, history, loss_ema)
+            ckpt.save(done, method, optimizer, history, None if loss_ema is None else float(loss_ema))
 
     seconds = time.perf_counter() - t0
     val_loss = None
     if val_feats is not None:
         val_loss = evaluate_loss(vlm, method, val_feats, val_images, codec, seed + 1, n_batches=4,
                                  batch_size=batch_size)
-    final = loss_ema if loss_ema is not None else (history[-1]["loss_ema"] if history else math.nan)
+    final = float(loss_ema) if loss_ema is not None else (history[-1]["loss_ema"] if history else math.nan)
     rate = (steps - start_step) * batch_size / seconds if steps > start_step else 0.0
     return TrainResult(steps, float(final), val_loss, rate, method.n_trainable_params, seconds)
 
@@ -329,7 +341,8 @@ def run_train(vlm_p, pin_p, train_p, grid: int, method: str = "pin", baselines_p
         result = train_method(vlm, trained, train_images, codec, steps=train_p.steps, batch_size=train_p.batch_size,
                               lr=train_p.lr, seed=train_p.seed, checkpoint_dir=ckpt_dir,
                               checkpoint_every=train_p.checkpoint_every, log_every=train_p.log_every,
-                              val_images=val_images, live=live, fingerprint=fp)
+                              val_images=val_images, live=live, fingerprint=fp,
+                              cache_features=train_p.cache_features)
     trained.save_pretrained(out_dir)
     write_train_metrics(Path(metrics_path), result, {**extra, "n_train_images": len(train_images)})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
