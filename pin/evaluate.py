@@ -1,11 +1,14 @@
 """The evaluate stage: every method answers every query of one dataset; metrics per object.
 
-Methods side by side: ``pin`` (the trained insert), ``raw`` (same frozen VLM and prompt, no
-insert), ``random`` (training boxes drawn at random, mean/std over draws), ``constant`` (the one
-box with the best mean IoU on the training boxes: the floor for any model that ignores the
-image) and ``pin_shuffled`` (PIN answering about another image: if it barely drops, PIN's
-answers do not come from the image). The model sees each image squashed to 224x224, the frame
-the box text lives in; predictions are mapped back to original pixels for the predictions file.
+Methods side by side: the trained method (``pin`` by default, or a baseline of ``pin.methods``
+under its own name: ``vpt_fusion``, ``vpt_vision``, ``coop_llm``, ``lora_vision``), ``raw`` (same
+frozen VLM and prompt, nothing added), ``random`` (training boxes drawn at random, mean/std over
+draws), ``constant`` (the one box with the best mean IoU on the training boxes: the floor for
+any model that ignores the image) and ``<method>_shuffled`` (the method answering about another
+image: if it barely drops, its answers do not come from the image). ``method=incontext`` adds
+``incontext_<k>`` rows (mean/std over context draws) instead. The model sees each image squashed
+to 224x224, the frame the box text lives in; predictions are mapped back to original pixels for
+the predictions file.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pin.eval import baselines, metrics
 from pin.errors import PinError
 from pin.eval.datasets import Query, load_queries
 from pin.eval.gallery import gallery, size_bucket_bars
+from pin.methods.base import Method
 from pin.vlm.base import FrozenVLM
 
 FRAME = 224
@@ -76,14 +80,30 @@ def drop_unreadable(dataset: str, queries: list[Query], rows: list[int], unreada
 
 
 @torch.no_grad()
-def answer(vlm: FrozenVLM, feats: torch.Tensor, rows: list[int], texts: list[str], insert: torch.Tensor | None,
+def answer(vlm: FrozenVLM, feats: torch.Tensor, rows: list[int], texts: list[str], conditioning: dict,
            max_new_tokens: int, batch_size: int, num_beams: int, desc: str) -> list[str]:
+    """Greedy answers; ``conditioning`` holds a method's extra inputs (``insert``, ``fusion_tokens``,
+    ``lm_prefix``), empty for the raw VLM."""
     out: list[str] = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
         idx = rows[start:start + batch_size]
         out += vlm.generate(feats[idx].to(vlm.device), [vlm.prompt(t) for t in texts[start:start + batch_size]],
-                            insert=insert, max_new_tokens=max_new_tokens, num_beams=num_beams)
+                            max_new_tokens=max_new_tokens, num_beams=num_beams, **conditioning)
     return out
+
+
+@torch.no_grad()
+def method_inputs(vlm: FrozenVLM, method: Method, queries: list[Query], frozen_feats: torch.Tensor,
+                  batch_size: int) -> tuple[torch.Tensor, dict]:
+    """The features the method's VLM sees (re-encoded if the method changes the encoder) and its
+    conditioning, computed once."""
+    method.eval()
+    conditioning = {k: v.detach() for k, v in method.conditioning().items()}
+    if not method.encodes_pixels:
+        return frozen_feats, conditioning
+    with method.vision(vlm):
+        feats, _ = query_features(vlm, queries, batch_size)
+    return feats, conditioning
 
 
 def iou_with_other_objects(queries: list[Query], preds: np.ndarray) -> tuple[float | None, float | None]:
@@ -119,7 +139,7 @@ def training_boxes(composed_dir: Path, limit: int = 20000) -> np.ndarray:
     return np.asarray(boxes, dtype=float)
 
 
-def run_evaluate(dataset: str, eval_p, vlm: FrozenVLM, insert: torch.Tensor | None, grid: int,
+def run_evaluate(dataset: str, eval_p, vlm: FrozenVLM, method: Method, grid: int,
                  composed_dir: str = "data/composed", metrics_dir: str = "metrics/eval",
                  plots_dir: str = "metrics/plots", predictions_dir: str = "data/predictions") -> str:
     queries, stats = load_queries(dataset, eval_p)
@@ -138,20 +158,22 @@ def run_evaluate(dataset: str, eval_p, vlm: FrozenVLM, insert: torch.Tensor | No
     rows_out: list[dict] = []
     answers: dict[str, list[str]] = {}
     preds: dict[str, np.ndarray] = {}
-    for method, ins, feat_rows in (
-        ("pin", insert, rows),
-        ("raw", None, rows),
-        ("pin_shuffled", insert, _shuffled(rows, eval_p.seed)),
-    ):
-        if ins is None and method != "raw":
-            continue
-        answers[method] = answer(vlm, feats, feat_rows, texts, ins, max_new, eval_p.batch_size, eval_p.num_beams,
-                                 desc=method)
-        preds[method] = parse(answers[method])
-        results[method] = metrics.score(gt, preds[method], image_ids)
-    if "pin" in preds:
-        own, other = iou_with_other_objects(queries, preds["pin"])
-        results["pin"]["iou_own_multi"], results["pin"]["iou_other_multi"] = own, other
+    runs = [("raw", feats, {}, rows)]
+    if method.trains:
+        m_feats, conditioning = method_inputs(vlm, method, queries, feats, eval_p.batch_size)
+        runs = [(method.name, m_feats, conditioning, rows), *runs,
+                (f"{method.name}_shuffled", m_feats, conditioning, _shuffled(rows, eval_p.seed))]
+    for name, run_feats, conditioning, feat_rows in runs:
+        answers[name] = answer(vlm, run_feats, feat_rows, texts, conditioning, max_new, eval_p.batch_size,
+                               eval_p.num_beams, desc=name)
+        preds[name] = parse(answers[name])
+        results[name] = metrics.score(gt, preds[name], image_ids)
+    if method.trains:
+        own, other = iou_with_other_objects(queries, preds[method.name])
+        results[method.name]["iou_own_multi"], results[method.name]["iou_other_multi"] = own, other
+    if method.name == "incontext":
+        _add_incontext(results, preds, answers, vlm, method, feats, rows, texts, gt, image_ids, codec, parse,
+                       Path(composed_dir), eval_p, max_new)
 
     train_boxes = training_boxes(Path(composed_dir))
     results["random"], preds["random"] = baselines.random_baseline(gt, train_boxes, eval_p.random_draws,
@@ -159,16 +181,40 @@ def run_evaluate(dataset: str, eval_p, vlm: FrozenVLM, insert: torch.Tensor | No
     results["constant"], box = baselines.constant_baseline(gt, train_boxes, grid, eval_p.seed, image_ids)
     preds["constant"] = np.repeat(box[None], len(gt), axis=0)
 
-    for method, p in preds.items():
-        rows_out += metrics.prediction_rows(queries, method, p, answers.get(method))
+    for name, p in preds.items():
+        rows_out += metrics.prediction_rows(queries, name, p, answers.get(name))
     metrics.write_predictions(str(Path(predictions_dir) / f"{dataset}.parquet"), rows_out)
     metrics.write_metrics(str(Path(metrics_dir) / f"{dataset}.json"), results, {**stats})
     if eval_p.gallery_size:
-        show = preds.get("pin", preds["constant"])
+        show = preds[_gallery_row(method, preds)]
         gallery(queries, list(show), Path(plots_dir) / f"{dataset}_gallery.png", n=eval_p.gallery_size)
     size_bucket_bars(results, Path(plots_dir) / f"{dataset}_miou_by_size.png", title=dataset)
     summary = ", ".join(f"{m} {r['miou']:.3f}" for m, r in results.items() if r.get("miou") is not None)
     return f"{len(queries)} queries on {stats.get('n_images', '?')} images; mIoU {summary}"
+
+
+def _gallery_row(method: Method, preds: dict) -> str:
+    """The row the gallery pictures: the trained method, the most-shot in-context row, else the constant box."""
+    if method.name in preds:
+        return method.name
+    shots = sorted((int(m.rsplit("_", 1)[1]) for m in preds if m.startswith("incontext_")), reverse=True)
+    return f"incontext_{shots[0]}" if shots else "constant"
+
+
+def _add_incontext(results, preds, answers, vlm, method, feats, rows, texts, gt, image_ids, codec, parse,
+                   composed_dir: Path, eval_p, max_new: int) -> None:
+    """``incontext_<k>`` rows (mean/std over the context draws); the predictions file keeps the
+    first draw's answers."""
+    from pin.composed import read_split
+    from pin.eval.incontext import incontext_metrics, run_incontext
+
+    pool = read_split(composed_dir / "train")
+    by_k = run_incontext(vlm, feats, rows, texts, pool, codec, method.shots, method.repeats, eval_p.seed,
+                         max_new, eval_p.batch_size)
+    rows_k, first = incontext_metrics(by_k, gt, image_ids, parse)
+    results.update(rows_k)
+    answers.update(first)
+    preds.update({name: parse(a) for name, a in first.items()})
 
 
 def _shuffled(rows: list[int], seed: int) -> list[int]:

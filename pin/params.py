@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ParamsError(ValueError):
@@ -87,7 +87,7 @@ class FilterParams(Section):
 
 
 class ComposeParams(Section):
-    backgrounds: str = "builtin"  # "builtin" (offline: scikit-image photos + textures) or a folder
+    backgrounds: str = "builtin"  # "builtin" (scikit-image photos + textures), "white" (Tab. 6 ablation) or a folder
     image_size: int = Field(224, ge=16)
     grid: int = Field(8, ge=1)
     a_max: int = Field(3, ge=1)
@@ -176,6 +176,9 @@ class VLMParams(Section):
     checkpoint: str = "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct"
     blip2_model: str = "Salesforce/blip2-opt-2.7b"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Run the vision encoder at this input size, its position embeddings interpolated to the
+    # larger patch grid (paper Tab. 3 "Higher resolution"); null: the encoder's own size.
+    image_size: int | None = Field(None, ge=8)
 
 
 class InsertParams(Section):
@@ -183,6 +186,35 @@ class InsertParams(Section):
     table: Literal["sinusoidal", "learned"] = "sinusoidal"
     layout: Literal["swiglu", "authors"] = "swiglu"
     hidden: list[int] | None = None
+
+
+# PIN and the paper's baselines (Tab. 1, Tab. 2), all run by the same train and evaluate stages.
+METHOD_NAMES = ("pin", "vpt_vision", "vpt_fusion", "coop_llm", "lora_vision", "incontext", "raw", "random")
+MethodName = Literal["pin", "vpt_vision", "vpt_fusion", "coop_llm", "lora_vision", "incontext", "raw", "random"]
+
+
+class MethodChoice(Section):
+    """The top-level ``method`` key (a scalar, validated like a section)."""
+
+    method: MethodName = "pin"
+
+
+class BaselinesParams(Section):
+    """Sizes of the paper's baselines (Sec. 5.1); PIN's own are in ``pin``."""
+
+    vpt_tokens: int = Field(100, ge=1)  # VPT on the vision encoder or the fusion network
+    coop_tokens: int = Field(16, ge=1)  # CoOp context tokens in the LLM input
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    incontext_shots: list[int] = Field([2, 5, 10], min_length=1)  # context images per query
+    incontext_repeats: int = Field(10, ge=1)  # context draws per k: mean and std reported
+
+    @field_validator("incontext_shots")
+    @classmethod
+    def _positive_shots(cls, shots: list[int]) -> list[int]:
+        if any(k < 1 for k in shots):
+            raise ValueError("every k must be >= 1")
+        return shots
 
 
 class PretrainParams(Section):
@@ -252,6 +284,7 @@ SECTIONS: dict[str, type[Section]] = {
     "pin": InsertParams,
     "pretrain": PretrainParams,
     "train": TrainParams,
+    "baselines": BaselinesParams,
 }
 
 S = TypeVar("S", bound=Section)
@@ -286,6 +319,15 @@ def parse_section(section: str, raw: object, cls: type[S] | None = None) -> S:
         return cls.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_format_error(section, err)) from None
+
+
+def parse_method(raw: dict) -> str:
+    """The top-level ``method`` of a params mapping (default ``pin``); errors name the key."""
+    value = raw.get("method", "pin")
+    try:
+        return MethodChoice.model_validate({"method": value}).method
+    except ValidationError as err:
+        raise ParamsError(f"method: {err.errors()[0]['msg']} (got {value!r})") from None
 
 
 def load_yaml(path: str | Path = "params.yaml") -> dict:

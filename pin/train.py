@@ -1,12 +1,15 @@
-"""The PIN training loop: next-token loss on box answers, only the insert learns (Sec. 4.1).
+"""The training loop: next-token loss on box answers, only the method's parameters learn (Sec. 4.1).
 
-The same loop runs on 1 CPU, 1 GPU or N GPUs (``accelerate launch``). The frozen vision
-encoder's patch features are computed once per image and reused across steps
-(``train.cache_features``): PIN is added after the encoder, so nothing upstream changes.
-Batches are a pure function of (seed, step), and a checkpoint holds the optimiser, the loss EMA
-and every RNG state, so a run killed at any point and resumed from its last checkpoint ends with
-the same weights as an uninterrupted one (``scripts/kill_anywhere.py`` checks it under
-``dvc repro``).
+It trains PIN or any baseline of :mod:`pin.methods` (params ``method``). The same loop runs on
+1 CPU, 1 GPU or N GPUs (``accelerate launch``). The frozen vision encoder's patch features are
+computed once per image and reused across steps: PIN, VPT on the fusion network and CoOp act
+after the encoder, so nothing upstream changes. Methods that change the encoder (VPT on the
+vision encoder, LoRA) run it on every batch instead, with gradients flowing through it; they
+train in one process (their parameters act outside the module DDP would wrap). Batches are a pure function of (seed, step),
+so a resumed run sees exactly the data an uninterrupted one would.
+A checkpoint holds the optimiser, the loss EMA and every RNG state, so a run killed at any
+point and resumed from its last checkpoint ends with the same weights as an uninterrupted one
+(``scripts/kill_anywhere.py`` checks it under ``dvc repro``).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from pin.boxes import BoxCodec
 from pin.composed import ComposedImage
 from pin.insert import PositionalInsert
 from pin.io import atomic_write_json
+from pin.methods.base import Method
+from pin.methods.insert import PinMethod
 from pin.vlm.base import FrozenVLM
 
 
@@ -68,7 +73,7 @@ class TrainResult:
 
 class Checkpointer:
     """Atomic checkpoints of everything a resumed run needs to continue exactly as an uninterrupted
-    one: the insert, the optimiser, the loss history and EMA, and every RNG state. Each carries
+    one: the method's trainable state, the optimiser, the loss history and EMA, and every RNG state. Each carries
     the fingerprint of its run (params, data, frozen VLM); a checkpoint of another run is ignored
     and deleted, never resumed from. A checkpoint is written to a temporary name and renamed, so a
     kill leaves the previous complete one."""
@@ -79,13 +84,13 @@ class Checkpointer:
         self.dir = Path(directory)
         self.fingerprint = fingerprint
 
-    def save(self, step: int, insert: torch.nn.Module, optimizer: torch.optim.Optimizer, history: list,
+    def save(self, step: int, method: Method, optimizer: torch.optim.Optimizer, history: list,
              loss_ema: float | None = None) -> None:
         import numpy as np
 
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".ckpt.{step}.tmp"
-        torch.save({"step": step, "fingerprint": self.fingerprint, "insert": insert.state_dict(),
+        torch.save({"step": step, "fingerprint": self.fingerprint, "method": method.trainable_state(),
                     "optimizer": optimizer.state_dict(), "history": history, "loss_ema": loss_ema,
                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                             "numpy": np.random.get_state()}}, tmp)
@@ -122,24 +127,51 @@ class Checkpointer:
             np.random.set_state(rng["numpy"])
 
 
-def evaluate_loss(vlm: FrozenVLM, insert: PositionalInsert, feats: torch.Tensor, images: list[ComposedImage],
+class BatchFeatures:
+    """The fusion network's inputs for a batch of image indices: rows of the cached patch features,
+    or - for a method that changes the encoder - the encoder run on the decoded images."""
+
+    def __init__(self, vlm: FrozenVLM, method: Method, images: list[ComposedImage], desc: str, cache: bool = True):
+        self.vlm, self.method, self.images = vlm, method, images
+        self.cache = None
+        if cache and not method.encodes_pixels:
+            # On a GPU the cache lives there, in bf16 (OpenFlamingo-3B, 8,000 images: 4 GiB), so a
+            # step moves no features over PCIe; on a CPU it stays fp32 in host memory.
+            on_gpu = vlm.device.type == "cuda"
+            feats = compute_features(vlm, images, desc=desc, dtype=torch.bfloat16 if on_gpu else torch.float32)
+            self.cache = feats.to(vlm.device) if on_gpu else feats
+
+    def __call__(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache[idx.to(self.cache.device)].to(device, torch.float32)
+        pixels = self.vlm.preprocess([self.images[int(i)].pil() for i in idx])
+        return self.method.features(self.vlm, pixels).to(device, torch.float32)
+
+
+def evaluate_loss(vlm: FrozenVLM, method: Method, feats: BatchFeatures, images: list[ComposedImage],
                   codec: BoxCodec, seed: int, n_batches: int, batch_size: int) -> float:
-    insert.eval()
+    method.eval()
     losses = []
     with torch.no_grad():
         for b in range(n_batches):
             samples = make_samples(images, codec, seed * 1_000_003 + b, batch_size)
             idx = torch.tensor([s.image_index for s in samples])
-            loss = vlm.answer_loss(feats[idx].to(vlm.device, torch.float32), [vlm.prompt(s.prompt) for s in samples],
-                                   [s.answer for s in samples], insert())
+            loss = vlm.answer_loss(feats(idx, vlm.device), [vlm.prompt(s.prompt) for s in samples],
+                                   [s.answer for s in samples], **method.conditioning())
             losses.append(float(loss))
-    insert.train()
+    method.train()
     return sum(losses) / max(len(losses), 1)
 
 
-def train_insert(
+def train_insert(vlm: FrozenVLM, insert: PositionalInsert, train_images: list[ComposedImage], codec: BoxCodec,
+                 **kwargs) -> TrainResult:
+    """Train a PositionalInsert (PIN); see :func:`train_method` for the arguments."""
+    return train_method(vlm, PinMethod(insert), train_images, codec, **kwargs)
+
+
+def train_method(
     vlm: FrozenVLM,
-    insert: PositionalInsert,
+    method: Method,
     train_images: list[ComposedImage],
     codec: BoxCodec,
     *,
@@ -154,25 +186,33 @@ def train_insert(
     live=None,
     accelerator=None,
     fingerprint: str = "",
+    cache_features: bool = True,
 ) -> TrainResult:
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    if not method.trains:
+        raise ValueError(f"method {method.name} trains nothing")
+    if method.encodes_pixels and accelerator.num_processes > 1:
+        raise ValueError(f"method {method.name} trains in one process (run stages/train.py without accelerate launch)")
     torch.manual_seed(seed)
-    feats = compute_features(vlm, train_images, desc="train features")
-    val_feats = compute_features(vlm, val_images, desc="val features") if val_images else None
+    feats = BatchFeatures(vlm, method, train_images, desc="train features", cache=cache_features)
+    val_feats = BatchFeatures(vlm, method, val_images, desc="val features", cache=cache_features) if val_images else None
 
-    optimizer = torch.optim.Adam(insert.parameters(), lr=lr)
-    insert, optimizer = accelerator.prepare(insert, optimizer)
+    # fused: one kernel for the whole update on CUDA (the CPU path has no fused Adam)
+    optimizer = torch.optim.Adam(method.trainable_parameters(), lr=lr, fused=accelerator.device.type == "cuda")
+    model, optimizer = accelerator.prepare(method, optimizer)
     ckpt = Checkpointer(checkpoint_dir, fingerprint)
     history: list[dict] = []
     start_step = 0
     loss_ema = None
     state = ckpt.load()
     if state is not None and state["step"] <= steps:
-        accelerator.unwrap_model(insert).load_state_dict(state["insert"])
+        method.load_trainable_state(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         start_step, history, loss_ema = state["step"], state["history"], state.get("loss_ema")
+        if loss_ema is not None:
+            loss_ema = torch.tensor(loss_ema, dtype=torch.float32, device=accelerator.device)
         Checkpointer.restore_rng(state)
         accelerator.print(f"resuming from step {start_step}")
         if live is not None and accelerator.is_main_process:
@@ -182,41 +222,41 @@ def train_insert(
     rank, world = accelerator.process_index, accelerator.num_processes
     per_rank = max(1, batch_size // world)
     t0 = time.perf_counter()
-    bar = tqdm(range(start_step, steps), desc="train PIN", unit="step", disable=not accelerator.is_main_process,
-               initial=start_step, total=steps)
+    bar = tqdm(range(start_step, steps), desc=f"train {method.name}", unit="step",
+               disable=not accelerator.is_main_process, initial=start_step, total=steps)
     for step in bar:
         samples = make_samples(train_images, codec, seed * 1_000_003 + step, batch_size)
         samples = samples[rank * per_rank : (rank + 1) * per_rank]  # each process its slice of the same batch
         idx = torch.tensor([s.image_index for s in samples])
         with accelerator.autocast():
-            loss = vlm.answer_loss(feats[idx].to(accelerator.device, torch.float32),
-                                   [vlm.prompt(s.prompt) for s in samples], [s.answer for s in samples],
-                                   insert())
+            loss = vlm.answer_loss(feats(idx, accelerator.device), [vlm.prompt(s.prompt) for s in samples],
+                                   [s.answer for s in samples], **model())
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
-        value = float(loss.detach())
+        # The EMA stays a device tensor: the host waits for the GPU only at log and checkpoint steps.
+        value = loss.detach().float()
         loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
         done = step + 1
         if done % log_every == 0 or done == steps:
+            ema = float(loss_ema)  # a sync (the tensor goes on: resumed and uninterrupted runs agree)
             rate = (done - start_step) * batch_size / (time.perf_counter() - t0)
-            record = {"step": done, "loss": value, "loss_ema": loss_ema, "lr": lr, "samples_per_s": rate}
+            record = {"step": done, "loss": float(value), "loss_ema": ema, "lr": lr, "samples_per_s": rate}
             history.append(record)
-            bar.set_postfix(loss=f"{loss_ema:.3f}")
+            bar.set_postfix(loss=f"{ema:.3f}")
             if live is not None and accelerator.is_main_process:
                 _log_live(live, record)
         if accelerator.is_main_process and (done % checkpoint_every == 0 and done < steps):
-            ckpt.save(done, accelerator.unwrap_model(insert), optimizer, history, loss_ema)
+            ckpt.save(done, method, optimizer, history, None if loss_ema is None else float(loss_ema))
 
     seconds = time.perf_counter() - t0
-    model = accelerator.unwrap_model(insert)
     val_loss = None
     if val_feats is not None:
-        val_loss = evaluate_loss(vlm, model, val_feats, val_images, codec, seed + 1, n_batches=4, batch_size=batch_size)
-    final = loss_ema if loss_ema is not None else (history[-1]["loss_ema"] if history else math.nan)
+        val_loss = evaluate_loss(vlm, method, val_feats, val_images, codec, seed + 1, n_batches=4,
+                                 batch_size=batch_size)
+    final = float(loss_ema) if loss_ema is not None else (history[-1]["loss_ema"] if history else math.nan)
     rate = (steps - start_step) * batch_size / seconds if steps > start_step else 0.0
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return TrainResult(steps, float(final), val_loss, rate, n_params, seconds)
+    return TrainResult(steps, float(final), val_loss, rate, method.n_trainable_params, seconds)
 
 
 def _log_live(live, record: dict) -> None:
@@ -226,7 +266,8 @@ def _log_live(live, record: dict) -> None:
     live.next_step()
 
 
-def run_fingerprint(vlm_p, pin_p, train_p, grid: int, composed_dir: str | Path) -> str:
+def run_fingerprint(vlm_p, pin_p, train_p, grid: int, composed_dir: str | Path, method: str = "pin",
+                    baselines_p=None) -> str:
     """What a checkpoint must match to be resumed from: the params that shape training, the
     composed data (its compose fingerprint) and, for the mini VLM, its weights file."""
     import hashlib
@@ -246,13 +287,14 @@ def run_fingerprint(vlm_p, pin_p, train_p, grid: int, composed_dir: str | Path) 
             weights = h.hexdigest()
     train = train_p.model_dump(exclude={"checkpoint_every", "steps"})  # same run, more steps: resumable
     return fingerprint({"vlm": vlm_p.model_dump(exclude={"device"}), "pin": pin_p.model_dump(), "train": train,
-                        "grid": grid, "data": data, "weights": weights})
+                        "grid": grid, "data": data, "weights": weights, "method": method,
+                        "baselines": baselines_p.model_dump() if baselines_p is not None else None})
 
 
 def write_train_metrics(path: Path, result: TrainResult, extra: dict) -> None:
     atomic_write_json(path, {
         "steps": result.steps,
-        "final_loss": round(result.final_loss, 4),
+        "final_loss": None if math.isnan(result.final_loss) else round(result.final_loss, 4),
         "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
         "samples_per_s": round(result.samples_per_s, 1),
         "trainable_params": result.trainable_params,
@@ -261,36 +303,48 @@ def write_train_metrics(path: Path, result: TrainResult, extra: dict) -> None:
     })
 
 
-def run_train(vlm_p, pin_p, train_p, grid: int, composed_dir: str = "data/composed", out_dir: str = "models/pin",
+def run_train(vlm_p, pin_p, train_p, grid: int, method: str = "pin", baselines_p=None,
+              composed_dir: str = "data/composed", out_dir: str = "models/pin",
               metrics_path: str = "metrics/train.json", live_dir: str = "metrics/train_live") -> str:
-    """The train stage: load the frozen VLM, train a PositionalInsert, save it and its metrics."""
+    """The train stage: load the frozen VLM, train the chosen method (PIN by default), save it
+    and its metrics. A method that trains nothing (raw, random, incontext) is saved as its config,
+    with zero trainable parameters and no training curve."""
+    import shutil
+
     from dvclive import Live
 
     from pin.composed import read_split
-    from pin.insert import InsertConfig
+    from pin.methods import build_method
+    from pin.params import BaselinesParams
     from pin.vlm.registry import load_vlm
 
     vlm = load_vlm(vlm_p)
     codec = BoxCodec(grid)
-    cfg = InsertConfig.for_site(vlm.site, layers=pin_p.layers, table=pin_p.table, layout=pin_p.layout,
-                                hidden=tuple(pin_p.hidden) if pin_p.hidden else None)
     torch.manual_seed(train_p.seed)
-    insert = PositionalInsert(cfg)
+    trained = build_method(method, vlm, pin_p, baselines_p or BaselinesParams())
+    extra = {"method": method, "vlm": vlm.name, **({"insert_layers": pin_p.layers} if method == "pin" else {})}
+    if not trained.trains:
+        trained.save_pretrained(out_dir)
+        with Live(live_dir, save_dvc_exp=False, dvcyaml=False):
+            pass  # an empty summary: the stage declares these outputs for every method
+        (Path(live_dir) / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
+        write_train_metrics(Path(metrics_path), TrainResult(0, math.nan, None, 0.0, 0, 0.0),
+                            {**extra, "n_train_images": 0})
+        return f"method {method} trains nothing; evaluated as it is"
+
     train_images = read_split(Path(composed_dir) / "train", limit=train_p.max_images)
     val_images = read_split(Path(composed_dir) / "val", limit=512)
     ckpt_dir = Path(out_dir).with_name(Path(out_dir).name + "_checkpoints")
-    fp = run_fingerprint(vlm_p, pin_p, train_p, grid, composed_dir)
+    fp = run_fingerprint(vlm_p, pin_p, train_p, grid, composed_dir, method, baselines_p)
     # a fresh log each start; a resumed run first replays the history saved in its checkpoint
     with Live(live_dir, save_dvc_exp=False, dvcyaml=False, resume=False) as live:
-        result = train_insert(vlm, insert, train_images, codec, steps=train_p.steps, batch_size=train_p.batch_size,
+        result = train_method(vlm, trained, train_images, codec, steps=train_p.steps, batch_size=train_p.batch_size,
                               lr=train_p.lr, seed=train_p.seed, checkpoint_dir=ckpt_dir,
                               checkpoint_every=train_p.checkpoint_every, log_every=train_p.log_every,
-                              val_images=val_images, live=live, fingerprint=fp)
-    insert.save_pretrained(out_dir)
-    write_train_metrics(Path(metrics_path), result, {"vlm": vlm.name, "insert_layers": pin_p.layers,
-                                                     "n_train_images": len(train_images)})
-    import shutil
-
+                              val_images=val_images, live=live, fingerprint=fp,
+                              cache_features=train_p.cache_features)
+    trained.save_pretrained(out_dir)
+    write_train_metrics(Path(metrics_path), result, {**extra, "n_train_images": len(train_images)})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return (f"{result.trainable_params:,} trainable params, {result.steps} steps, loss {result.final_loss:.4f}"
-            f" (val {result.val_loss:.4f}), {result.samples_per_s:.0f} samples/s")
+    return (f"{method}: {result.trainable_params:,} trainable params, {result.steps} steps, loss "
+            f"{result.final_loss:.4f} (val {result.val_loss:.4f}), {result.samples_per_s:.0f} samples/s")

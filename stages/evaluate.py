@@ -1,4 +1,5 @@
-"""DVC stage `evaluate@<dataset>`: PIN vs raw / random / constant on one dataset.
+"""DVC stage `evaluate@<dataset>`: the trained method (params `method`, PIN by default) vs raw /
+random / constant on one dataset.
 
     python stages/evaluate.py synthetic
 Writes metrics/eval/<dataset>.json, data/predictions/<dataset>.parquet and pictures in metrics/plots.
@@ -11,10 +12,12 @@ from pin import params
 from pin.errors import PinError
 from pin.stage import run_stage
 
+METHOD_DIR = "models/pin"  # the train stage's output: whichever method it trained
+
 
 def main() -> str:
     from pin.evaluate import run_evaluate
-    from pin.insert import PositionalInsert
+    from pin.methods import load_method
     from pin.vlm.registry import load_vlm
 
     if len(sys.argv) != 2:
@@ -22,9 +25,13 @@ def main() -> str:
     raw = params.load_yaml()
     eval_p = params.parse_section("eval", raw.get("eval"))
     grid = params.parse_section("compose", raw.get("compose")).grid
+    wanted = params.parse_method(raw)
     vlm = load_vlm(params.parse_section("vlm", raw.get("vlm")))
-    insert = PositionalInsert.from_pretrained("models/pin").to(vlm.device).eval()
-    return run_evaluate(sys.argv[1], eval_p, vlm, insert().detach(), grid)
+    method = load_method(METHOD_DIR, vlm).to(vlm.device)
+    if method.name != wanted:
+        raise PinError(f"{METHOD_DIR} holds method {method.name!r} but params say method={wanted!r}: "
+                       "run the train stage (dvc repro train)")
+    return run_evaluate(sys.argv[1], eval_p, vlm, method, grid)
 
 
 if __name__ == "__main__":

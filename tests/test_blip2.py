@@ -235,3 +235,70 @@ def test_from_pretrained_unreachable_names_model(tmp_path):
         Blip2Adapter.from_pretrained(PAPER_MODEL, local_files_only=True)
     with pytest.raises(PinError, match="empty"):
         Blip2Adapter.from_pretrained(tmp_path / "empty", local_files_only=True)
+
+
+# ------------------------------------------------- extension points for the baselines (pin.methods)
+def test_lm_prefix_is_words_after_bos(adapter, features):
+    """An lm_prefix holding the embeddings of some characters gives what writing them at the start
+    of the prompt gives (after the query embeds and BOS), in the loss and in decoding."""
+    words = "xy "
+    ids = adapter.tokenizer(words, add_special_tokens=False).input_ids
+    prefix = adapter.lm_input_embeddings.weight[ids].clone()
+    prompts = [adapter.prompt("cat"), adapter.prompt("traffic light")]
+    literal = [words + p for p in prompts]
+    answers = [" [0,8,16,24]", " [8,8,32,32]"]
+    with torch.no_grad():
+        ours = adapter.answer_loss(features, prompts, answers, lm_prefix=prefix)
+        theirs = adapter.answer_loss(features, literal, answers)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    assert adapter.generate(features, prompts, lm_prefix=prefix, max_new_tokens=6) == \
+        adapter.generate(features, literal, max_new_tokens=6)
+
+
+def test_fusion_tokens_join_the_qformer_input(adapter, features):
+    tokens = torch.randn(3, adapter.site.width)
+    with torch.no_grad():
+        ours = adapter._query_embeds(features, None, tokens)
+        m = adapter.model
+        x = torch.cat([features, tokens.expand(2, 3, -1)], dim=1)
+        out = m.qformer(query_embeds=m.query_tokens.expand(2, -1, -1), encoder_hidden_states=x,
+                        encoder_attention_mask=torch.ones(x.shape[:-1], dtype=torch.long))
+        theirs = m.language_projection(out.last_hidden_state)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pin", "vpt_fusion", "vpt_vision", "coop_llm", "lora_vision"])
+def test_every_trained_method_on_blip2(name, make_char_tokenizer, train_method_steps):
+    adapter = Blip2Adapter(*tiny_blip2(make_char_tokenizer))  # fresh: LoRA is injected into the encoder
+    pixels = adapter.preprocess(images(2))
+    prompts = [adapter.prompt("cat"), adapter.prompt("traffic light")]
+    answers = [CODEC.encode((0, 1, 2, 3)), CODEC.encode((1, 1, 4, 4))]
+    method, losses = train_method_steps(adapter, adapter.model, name, pixels, prompts, answers, steps=3)
+    expected = {  # vision width 32 (2 blocks, MLP 64), OPT embeddings 32; conftest.TINY_BASELINES
+        "pin": 2080 + 64 + 544 + 64 + 544,
+        "vpt_fusion": 5 * 32, "vpt_vision": 5 * 32, "coop_llm": 3 * 32,
+        "lora_vision": 2 * 4 * ((32 + 96) + (32 + 64) + (64 + 32)),  # qkv, fc1, fc2
+    }
+    assert method.n_trainable_params == expected[name]
+    assert losses[-1] < losses[0], losses
+
+
+def test_no_incontext_learning_on_blip2(adapter):
+    from pin.methods import build_method
+    from pin.params import BaselinesParams, InsertParams
+
+    with pytest.raises(PinError, match="interleaved"):
+        build_method("incontext", adapter, InsertParams(), BaselinesParams())
+
+
+def test_higher_resolution(make_char_tokenizer):
+    adapter = Blip2Adapter(*tiny_blip2(make_char_tokenizer))
+    adapter.set_image_size(48)
+    assert adapter.site == InsertSite(n_positions=37, width=32, grid=6, has_cls=True)
+    pixels = adapter.preprocess(images(1))
+    assert pixels.shape == (1, 3, 48, 48)
+    feats = adapter.patch_features(pixels)
+    assert feats.shape == (1, 37, 32)
+    insert = make_insert(adapter)  # an insert sized for the new grid
+    assert insert().shape == (37, 32)
+    assert isinstance(adapter.generate(feats, [PROMPT], insert=insert().detach(), max_new_tokens=3)[0], str)

@@ -297,6 +297,21 @@ def test_background_folder(objects, tmp_path):
         _compose(objects, tmp_path / "d", small(backgrounds=str(empty)))
 
 
+def test_white_backgrounds(objects, tmp_path):
+    """compose.backgrounds=white (paper Tab. 6 (a)): every pixel outside the pasted objects is white."""
+    out = tmp_path / "w"
+    result = _compose(objects, out, small(backgrounds="white", format="png", n_val=0, n_heldout=0, n_train=4))
+    assert result["backgrounds"] == {"kind": "white"}
+    for rec in sh.iter_records(out / "train"):
+        assert rec["background"] == "white"
+        pixels = np.asarray(sh.decode_image(rec["image"]).convert("RGB"))
+        outside = np.ones(pixels.shape[:2], dtype=bool)
+        for o in rec["objects"]:
+            x1, y1, x2, y2 = o["box"]
+            outside[y1:y2, x1:x2] = False
+        assert outside.any() and (pixels[outside] == 255).all()
+
+
 def test_corrupt_object_png_is_skipped_and_counted(objects, tmp_path):
     objects_dir = tmp_path / "objects"
     shutil.copytree(objects[0], objects_dir)

@@ -342,3 +342,103 @@ def test_checkpoint_folder_and_half_precision(tiny_files):
     half.answer_loss(feats, prompts, answers, insert).backward()
     assert insert.grad.dtype == torch.float32 and torch.count_nonzero(insert.grad) > 0
     assert all(isinstance(s, str) for s in half.generate(feats, prompts, insert.detach(), max_new_tokens=4))
+
+
+# ------------------------------------------------- extension points for the baselines (pin.methods)
+def test_interleaved_images_match_the_library_forward(vlm):
+    """Several <image>s per prompt (in-context examples): features (B, T, N, D) give the logits of
+    Flamingo.forward on vision_x (B, T, 1, C, H, W) - each text token attends to its own image."""
+    g = torch.Generator().manual_seed(6)
+    pixels = torch.randn(2, 3, 3, 32, 32, generator=g)
+    context = vlm.prompt("car") + " [1,2,3,4]" + vlm.answer_end + vlm.prompt("dog") + " [5,6,7,8]" + vlm.answer_end
+    prompts = [context + vlm.prompt("red apple"), context + vlm.prompt("traffic light")]
+    ids, mask, _ = vlm.teacher_forcing_batch(prompts, [" [1,2,3,4]", " [10,20,30,40]"], n_images=3)
+    feats = vlm.patch_features(pixels.flatten(0, 1)).unflatten(0, (2, 3))
+    ours = vlm.logits(feats, ids, mask)
+    with torch.no_grad():
+        theirs = vlm.flamingo(pixels[:, :, None], ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert torch.allclose(ours[real], theirs[real], atol=1e-5)
+    other_context = vlm.logits(torch.cat([feats[:, :2].flip(0), feats[:, 2:]], dim=1), ids, mask)
+    assert not torch.allclose(other_context[real], ours[real])  # the context images are read
+    cached = vlm.generate(feats, prompts, max_new_tokens=6)
+    assert cached == vlm.generate(feats, prompts, max_new_tokens=6, use_cache=False)
+    with pytest.raises(ValueError, match="exactly 3"):
+        vlm.answer_loss(feats, [vlm.prompt("car")] * 2, [" [1,2,3,4]"] * 2)
+
+
+def test_lm_prefix_is_words_after_the_image(vlm):
+    """An lm_prefix that holds the embeddings of some words gives exactly what writing those words
+    right after <image> gives - in the loss, and in cached and uncached batched decoding."""
+    words = " red apple "
+    word_ids = vlm.tokenizer(words, add_special_tokens=False)["input_ids"]
+    prefix = vlm.lm_input_embeddings.weight[word_ids].clone()
+    feats, prompts, answers = batch(vlm, 3)
+    prompts[1] = vlm.prompt("traffic light dog")  # rows of different lengths: padding around the slots
+    literal = [p.replace("<image>", "<image>" + words) for p in prompts]
+    lit_ids = vlm._prompt_ids(literal)
+    slot_ids = vlm._prompt_ids(prompts, n_slots=len(word_ids))
+    for a, b in zip(lit_ids, slot_ids):  # same sequence, the words' ids where the slots are
+        assert [x if y == -1 else y for x, y in zip(a, b)] == a and b.count(-1) == len(word_ids)
+    with torch.no_grad():
+        ours = vlm.answer_loss(feats, prompts, answers, lm_prefix=prefix)
+        theirs = vlm.answer_loss(feats, literal, answers)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    want = vlm.generate(feats, literal, max_new_tokens=8)
+    assert vlm.generate(feats, prompts, max_new_tokens=8, lm_prefix=prefix) == want
+    assert vlm.generate(feats, prompts, max_new_tokens=8, lm_prefix=prefix, use_cache=False) == want
+    assert not vlm.lm_input_embeddings._forward_hooks  # the hook is gone after each call
+    with pytest.raises(ValueError, match="lm_prefix must be"):
+        vlm.answer_loss(feats, prompts, answers, lm_prefix=torch.zeros(2, 5))
+
+
+def test_fusion_tokens_join_the_perceiver_input(vlm):
+    feats, _, _ = batch(vlm, 2)
+    tokens = torch.randn(3, vlm.site.width)
+    with torch.no_grad():
+        ours = vlm.fuse(feats, fusion_tokens=tokens)
+        theirs = vlm.flamingo.perceiver(torch.cat([feats, tokens.expand(2, 3, -1)], dim=1)[:, None, None])
+    assert torch.allclose(ours, theirs)
+    with pytest.raises(ValueError, match="fusion_tokens must be"):
+        vlm.fuse(feats, fusion_tokens=torch.zeros(3, 5))
+
+
+@pytest.mark.parametrize("name", ["pin", "vpt_fusion", "vpt_vision", "coop_llm", "lora_vision"])
+def test_every_trained_method_on_openflamingo(name, tiny_files, train_method_steps):
+    """Each baseline on the factory-built OpenFlamingo: gradients reach only the method, the
+    model stays bit-identical, the parameter count is the expected one."""
+    vlm = load(tiny_files)  # fresh: LoRA is injected into the encoder
+    g = torch.Generator().manual_seed(2)
+    pixels = torch.randn(4, 3, 32, 32, generator=g)
+    _, prompts, answers = batch(vlm)
+    method, losses = train_method_steps(vlm, vlm.flamingo, name, pixels, prompts, answers, steps=3)
+    expected = {  # width 64, 2 blocks with MLP 256, LM width 64; conftest.TINY_BASELINES
+        "pin": 2080 + 64 + 544 + 64 + (16 * 64 + 64),
+        "vpt_fusion": 5 * 64, "vpt_vision": 5 * 64, "coop_llm": 3 * 64,
+        "lora_vision": 2 * 4 * ((64 + 192) + (64 + 256) + (256 + 64)),
+    }
+    assert method.n_trainable_params == expected[name]
+    assert losses[-1] < losses[0], losses
+
+
+def test_higher_resolution_interpolates_the_position_embeddings(tiny_files):
+    """vlm.image_size (Tab. 3): 32 px -> 64 px doubles the patch grid; the encoder's position
+    table is resampled (a constant table stays constant), nothing else changes."""
+    from pin.vlm.resolution import interpolate_grid_embedding
+
+    vlm = load(tiny_files)
+    visual = vlm.flamingo.vision_encoder
+    cls_row = visual.positional_embedding[0].clone()
+    vlm.set_image_size(64)
+    assert vlm.site.grid == 8 and vlm.site.n_positions == 64
+    assert torch.equal(visual.positional_embedding[0], cls_row) and not visual.positional_embedding.requires_grad
+    from PIL import Image
+
+    pixels = vlm.preprocess([Image.new("RGB", (100, 80), "red")])
+    assert pixels.shape == (1, 3, 64, 64)
+    assert vlm.patch_features(pixels).shape == (1, 64, 64)
+    table = torch.cat([torch.zeros(1, 4), torch.full((16, 4), 2.5)])
+    assert torch.allclose(interpolate_grid_embedding(table, 7), torch.cat([torch.zeros(1, 4), torch.full((49, 4), 2.5)]))
+    assert torch.equal(interpolate_grid_embedding(table, 4), table)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        vlm.set_image_size(60)

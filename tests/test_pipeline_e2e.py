@@ -222,3 +222,32 @@ def test_params_change_reruns_only_downstream(pipeline):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["compose"]["params"]["params.yaml"]["compose"]["o_max"] == params["compose"]["o_max"]
     assert "up to date" in _run([str(DVC), "status"], repo)
+
+
+def test_method_param_switches_train_and_evaluate_only(pipeline):
+    """`method` (dvc exp run -S method=...) reruns train and evaluate only, and the evaluation
+    reports the method's own row: a method training inside the vision encoder, then in-context."""
+    repo, _, _ = pipeline
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["method"] = "lora_vision"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run([str(DVC), "repro"], repo)
+    for stage in STAGES[:4]:
+        assert not _ran(out, stage), f"{stage} reran for a method change:\n{out}"
+    assert _ran(out, "train") and _ran(out, "evaluate@synthetic"), out
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["method"] == "lora_vision" and train["trainable_params"] > 0
+    ev = json.loads((repo / "metrics/eval/synthetic.json").read_text())
+    assert {"lora_vision", "lora_vision_shuffled", "raw", "random", "constant"} <= set(ev) and "pin" not in ev
+
+    params["method"] = "incontext"
+    params["baselines"].update(incontext_shots=[1, 2], incontext_repeats=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([str(DVC), "repro"], repo)
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["method"] == "incontext" and train["trainable_params"] == 0 and train["steps"] == 0
+    ev = json.loads((repo / "metrics/eval/synthetic.json").read_text())
+    for k in (1, 2):
+        row = ev[f"incontext_{k}"]
+        assert row["draws"] == 2 and "miou_std" in row and 0 <= row["miou"] <= 1
+    assert "up to date" in _run([str(DVC), "status"], repo)

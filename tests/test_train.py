@@ -173,3 +173,18 @@ def test_unreadable_checkpoint_starts_over(tmp_path, capsys):
     assert Checkpointer(tmp_path, "x").load() is None
     assert "unreadable checkpoint" in capsys.readouterr().out
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_feature_cache_changes_speed_not_results(tmp_path):
+    # train.cache_features=false runs the frozen encoder inside every step; on the CPU (fp32) the
+    # cached rows are the same numbers, so the trained insert must be identical.
+    results = []
+    for cache in (True, False):
+        vlm, insert = _fresh()
+        images = [_image(i) for i in range(8)]
+        r = train_insert(vlm, insert, images, BoxCodec(8), steps=3, batch_size=4, lr=1e-2, seed=0,
+                         checkpoint_dir=tmp_path / f"ckpt{cache}", checkpoint_every=10, log_every=1,
+                         cache_features=cache)
+        results.append((r.final_loss, [p.detach().clone() for p in insert.parameters()]))
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))

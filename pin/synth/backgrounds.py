@@ -8,6 +8,8 @@
   a crop is a numpy slice), horizontal flips and saturation/contrast/brightness jitter, plus
   procedural textures (gradients, smooth noise, stripes, checkers, blobs; 40%). Ids:
   ``skimage:<name>`` and ``texture:<kind>:<seed>`` (the seed regenerates the texture exactly).
+* ``white``: plain white backgrounds (paper App. B.3, Tab. 6 row (a): the ablation against
+  BG-20k). Id: ``white``.
 * a folder (BG-20k in the paper profile): every image file below it (recursive, sorted), with a
   random square crop and flip. Ids: ``file:<path relative to the folder>``. Files whose header
   cannot be read are skipped and counted at scan time; files that fail to decode later are
@@ -52,7 +54,7 @@ MAX_DECODE_FAILURES = 50
 class BackgroundSource:
     """What ``compose.backgrounds`` resolved to; picklable, built once in the main process."""
 
-    kind: str  # "builtin" | "folder"
+    kind: str  # "builtin" | "white" | "folder"
     root: str = ""
     files: tuple[str, ...] = ()
     unreadable: tuple[str, ...] = field(default=())
@@ -63,7 +65,7 @@ class BackgroundSource:
             root = Path(self.root)
             for rel in self.files:
                 h.update(f"{rel}\t{(root / rel).stat().st_size}\n".encode())
-        else:
+        elif self.kind == "builtin":
             import skimage
 
             h.update(f"skimage {skimage.__version__} {PHOTO_NAMES} {TEXTURES} {PHOTO_PROB} "
@@ -74,18 +76,20 @@ class BackgroundSource:
         if self.kind == "builtin":
             return {"kind": "builtin", "photos": list(PHOTO_NAMES), "textures": list(TEXTURES),
                     "photo_share": PHOTO_PROB}
+        if self.kind == "white":
+            return {"kind": "white"}
         return {"kind": "folder", "root": self.root, "images": len(self.files),
                 "skipped_unreadable": len(self.unreadable),
                 "unreadable_examples": list(self.unreadable[:10])}
 
 
 def scan_backgrounds(spec: str, param: str = "compose.backgrounds") -> BackgroundSource:
-    """Resolve ``builtin`` or a folder; a missing/empty folder is a PinError naming ``param``."""
-    if spec == "builtin":
-        return BackgroundSource("builtin")
+    """Resolve ``builtin``, ``white`` or a folder; a missing/empty folder is a PinError naming ``param``."""
+    if spec in ("builtin", "white"):
+        return BackgroundSource(spec)
     root = Path(spec)
     if not root.is_dir():
-        raise PinError(f"{param}={spec!r}: not 'builtin' and no such folder")
+        raise PinError(f"{param}={spec!r}: not 'builtin' or 'white' and no such folder")
     candidates = sorted(
         p.relative_to(root).as_posix() for p in root.rglob("*")
         if p.is_file() and p.suffix.lower() in IMAGE_EXTS
@@ -247,6 +251,8 @@ class BackgroundBank:
 
     def sample(self, r: np.random.Generator) -> tuple[np.ndarray, str, int]:
         """Returns (background, id, decode failures met while drawing it)."""
+        if self.source.kind == "white":
+            return np.full((self.size, self.size, 3), 255, dtype=np.uint8), "white", 0
         if self.source.kind == "builtin":
             if r.random() < PHOTO_PROB:
                 name = PHOTO_NAMES[int(r.integers(len(PHOTO_NAMES)))]

@@ -1,9 +1,21 @@
 """The one small interface every frozen VLM offers to training and evaluation.
 
-A method (PIN, and later the baselines) touches the VLM at one place: the patch features after
-the frozen vision encoder and before the fusion network (OpenFlamingo's perceiver, BLIP-2's
-Q-Former, the mini VLM's connector). ``patch_features`` computes them (no grad, cacheable:
-the encoder is frozen), the other calls take them back with an optional additive insert.
+PIN touches the VLM at one place: the patch features after the frozen vision encoder and before
+the fusion network (OpenFlamingo's perceiver, BLIP-2's Q-Former). ``patch_features`` computes
+them (no grad, cacheable: the encoder is frozen), the other calls take them back with an
+optional additive insert.
+
+The paper's baselines (``pin.methods``) need a few more places, offered here as extension points
+that never change a VLM weight:
+
+* ``fusion_tokens`` (VPT on the fusion network): learnable tokens appended to the patch features;
+* ``lm_prefix`` (CoOp on the LLM): learnable embeddings at the start of the prompt text, right
+  after the image (and after BOS for an LM that starts with one);
+* ``vision_tokens`` / ``vision_blocks`` / ``vision_encoder`` / ``lora_targets`` (VPT and LoRA on
+  the vision encoder): the encoder run *with* gradients, its transformer blocks (for hooks that
+  add prompt tokens to the sequence) and the module and layer names LoRA wraps;
+* several images per prompt (in-context learning, OpenFlamingo only): features of shape
+  ``(B, T, n_positions, width)`` with ``T`` ``<image>`` tokens in each prompt.
 """
 from __future__ import annotations
 
@@ -39,8 +51,43 @@ class FrozenVLM(ABC):
         """PIL images -> pixel tensor (B, C, H, W) in the encoder's own resolution/normalisation."""
 
     @abstractmethod
+    def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's output tokens (B, n_positions, width) WITH autograd: the weights
+        stay frozen, but gradients reach whatever a method adds inside the encoder."""
+
     def patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Frozen vision encoder output (B, n_positions, width), computed without grad."""
+        with torch.no_grad():
+            return self.vision_tokens(pixels)
+
+    @property
+    @abstractmethod
+    def vision_encoder(self) -> torch.nn.Module:
+        """The vision encoder module (what LoRA wraps)."""
+
+    @property
+    @abstractmethod
+    def vision_blocks(self) -> torch.nn.ModuleList:
+        """The encoder's transformer blocks; each takes and returns a batch-first token sequence
+        (B, L, width) as its first argument / its output, with the CLS token at index 0."""
+
+    @property
+    @abstractmethod
+    def lora_targets(self) -> dict[str, list[str]]:
+        """``peft.LoraConfig`` targets inside ``vision_encoder``: ``target_modules`` (Linear
+        layers) and ``target_parameters`` (weights used without a Linear's forward)."""
+
+    @property
+    @abstractmethod
+    def lm_input_embeddings(self) -> torch.nn.Embedding:
+        """The language model's (frozen) token embedding table."""
+
+    @property
+    def lm_width(self) -> int:
+        """Width of the language model's input embeddings (the size of an ``lm_prefix`` row)."""
+        return self.lm_input_embeddings.embedding_dim
+
+    supports_interleaved_images: bool = False  # several <image>s per prompt (in-context learning)
 
     @abstractmethod
     def answer_loss(
@@ -49,12 +96,17 @@ class FrozenVLM(ABC):
         prompts: list[str],
         answers: list[str],
         insert: torch.Tensor | None = None,
+        *,
+        fusion_tokens: torch.Tensor | None = None,
+        lm_prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy over the answer tokens only (prompt masked, end token
         included), with ``features + insert`` (added in fp32) fed to the fusion network.
 
         ``answers`` are bare box texts (" [14,28,112,98]"); the adapter appends ``answer_end``.
-        Gradients flow to ``insert`` only."""
+        ``fusion_tokens`` (n, width) are appended to every image's features before the fusion
+        network; ``lm_prefix`` (n, lm_width) are embeddings placed at the start of the prompt
+        text in the LM input. Gradients flow to these three only."""
 
     @abstractmethod
     def generate(
@@ -64,9 +116,17 @@ class FrozenVLM(ABC):
         insert: torch.Tensor | None = None,
         max_new_tokens: int = 24,
         num_beams: int = 1,
+        *,
+        fusion_tokens: torch.Tensor | None = None,
+        lm_prefix: torch.Tensor | None = None,
     ) -> list[str]:
         """Batched decoding (KV cache), stopping at the end token; returns only the new text.
         Callers pass ``max_new_tokens`` from the box codec's longest answer."""
+
+    def set_image_size(self, image_size: int) -> None:
+        """Run the vision encoder at ``image_size`` pixels (interpolated position embeddings,
+        paper Tab. 3 "Higher resolution"); the patch grid and ``site`` grow with it."""
+        raise NotImplementedError(f"{self.name}: changing the input resolution is not supported")
 
     def prompt(self, obj: str) -> str:
         return self.prompt_template.format(obj=plain_text(obj))

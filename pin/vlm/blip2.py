@@ -11,6 +11,12 @@ outputs into those slots. We call the submodules ourselves and build the same se
 ``[language_projection(qformer(query_tokens, features + pi)) ; embed(BOS + prompt [+ answer])]``.
 Batches are left-padded (pads before the query embeds); OPT derives positions from the attention
 mask's cumulative sum, so every row sees the positions it would see alone.
+
+Baseline extension points (``pin.methods``): ``fusion_tokens`` are appended to the Q-Former's
+``encoder_hidden_states``; ``lm_prefix`` rows go after the query embeds and BOS, before the
+prompt text.
+BLIP-2 was not trained on interleaved image-text data and cannot do in-context learning (paper
+Sec. 5.1), so one image per prompt.
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ class Blip2Adapter(FrozenVLM):
             raise PinError("BLIP-2 tokenizer and text config define no eos token")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.answer_end = tokenizer.eos_token or ""
+        self._interpolate_pos = False  # set by set_image_size
 
     @classmethod
     def from_pretrained(
@@ -89,9 +96,40 @@ class Blip2Adapter(FrozenVLM):
         pixels = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt").pixel_values
         return pixels.to(self.device, self.model.vision_model.embeddings.patch_embedding.weight.dtype)
 
-    def patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model.vision_model(pixel_values=pixels.to(self.device), return_dict=True).last_hidden_state
+    def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.vision_model(pixel_values=pixels.to(self.device), return_dict=True,
+                                       interpolate_pos_encoding=self._interpolate_pos).last_hidden_state
+
+    @property
+    def vision_encoder(self) -> torch.nn.Module:
+        return self.model.vision_model
+
+    @property
+    def vision_blocks(self) -> torch.nn.ModuleList:
+        return self.model.vision_model.encoder.layers
+
+    @property
+    def lora_targets(self) -> dict[str, list[str]]:
+        # q/k/v (one packed Linear) and the MLP, as on the open_clip encoder (pin.vlm.openflamingo)
+        return {"target_modules": ["self_attn.qkv", "mlp.fc1", "mlp.fc2"]}
+
+    @property
+    def lm_input_embeddings(self) -> torch.nn.Embedding:
+        return self.model.language_model.get_input_embeddings()
+
+    def set_image_size(self, image_size: int) -> None:
+        """transformers' own ``interpolate_pos_encoding`` resamples the position embeddings."""
+        import copy
+
+        patch = self.model.config.vision_config.patch_size
+        if image_size % patch:
+            raise ValueError(f"vlm.image_size={image_size} must be a multiple of the patch size {patch}")
+        processor = copy.deepcopy(self.image_processor)
+        processor.size = {"height": image_size, "width": image_size}
+        self.image_processor = processor
+        self._interpolate_pos = True
+        grid = image_size // patch
+        self.site = InsertSite(n_positions=grid * grid + 1, width=self.site.width, grid=grid, has_cls=True)
 
     def answer_loss(
         self,
@@ -99,13 +137,16 @@ class Blip2Adapter(FrozenVLM):
         prompts: list[str],
         answers: list[str],
         insert: torch.Tensor | None = None,
+        *,
+        fusion_tokens: torch.Tensor | None = None,
+        lm_prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if not (len(prompts) == len(answers) == features.shape[0]):
             raise ValueError(f"{features.shape[0]} feature rows, {len(prompts)} prompts, {len(answers)} answers")
-        prefix = self._query_embeds(features, insert)
+        prefix = self._query_embeds(features, insert, fusion_tokens)
         answer_ids = [self._answer_ids(a) for a in answers]
         rows = [p + a for p, a in zip(self._prompt_ids(prompts), answer_ids)]
-        embeds, mask = self._layout(prefix, rows)
+        embeds, mask = self._layout(prefix, rows, lm_prefix)
         # Left padding puts every answer at the end: only the last k positions predict answer
         # tokens, so only their logits are computed (saves (B, seq, vocab) floats on OPT's 50k vocab).
         k = max(len(a) for a in answer_ids) + 1
@@ -124,13 +165,16 @@ class Blip2Adapter(FrozenVLM):
         insert: torch.Tensor | None = None,
         max_new_tokens: int = 24,
         num_beams: int = 1,
+        *,
+        fusion_tokens: torch.Tensor | None = None,
+        lm_prefix: torch.Tensor | None = None,
     ) -> list[str]:
         from transformers import GenerationConfig
 
         if len(prompts) != features.shape[0]:
             raise ValueError(f"{features.shape[0]} feature rows, {len(prompts)} prompts")
-        prefix = self._query_embeds(features, insert)
-        embeds, mask = self._layout(prefix, self._prompt_ids(prompts))
+        prefix = self._query_embeds(features, insert, fusion_tokens)
+        embeds, mask = self._layout(prefix, self._prompt_ids(prompts), lm_prefix)
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
@@ -149,8 +193,10 @@ class Blip2Adapter(FrozenVLM):
         return texts
 
     # ---- pieces -----------------------------------------------------------------------------
-    def _query_embeds(self, features: torch.Tensor, insert: torch.Tensor | None) -> torch.Tensor:
-        """features (+ insert) -> Q-Former over the query tokens -> language projection: (B, Q, D)."""
+    def _query_embeds(self, features: torch.Tensor, insert: torch.Tensor | None,
+                      fusion_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """features (+ insert) [; fusion_tokens] -> Q-Former over the query tokens -> language
+        projection: (B, Q, D)."""
         m = self.model
         x = features.to(self.device)
         if x.shape[1:] != (self.site.n_positions, self.site.width):
@@ -161,6 +207,11 @@ class Blip2Adapter(FrozenVLM):
                 raise ValueError(f"insert of shape {tuple(insert.shape)} does not match features {tuple(x.shape)}")
             # the sum in fp32: a small insert is not lost to fp16 rounding of the features
             x = x.float() + insert.to(self.device).float()
+        if fusion_tokens is not None:
+            if fusion_tokens.ndim != 2 or fusion_tokens.shape[1] != self.site.width:
+                raise ValueError(f"fusion_tokens must be (n, {self.site.width}), got {tuple(fusion_tokens.shape)}")
+            extra = fusion_tokens.to(self.device, x.dtype)
+            x = torch.cat([x, extra.expand(x.shape[0], *extra.shape)], dim=1)
         x = x.to(m.query_tokens.dtype)  # the Q-Former is kept in fp32 by transformers
         queries = m.query_tokens.expand(x.shape[0], -1, -1)
         ones = torch.ones(x.shape[:-1], dtype=torch.long, device=x.device)
@@ -177,22 +228,34 @@ class Blip2Adapter(FrozenVLM):
             answer = answer[: -len(self.answer_end)]
         return self.tokenizer(answer, add_special_tokens=False).input_ids + [self.eos_id]
 
-    def _layout(self, prefix: torch.Tensor, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ``[pad ; prefix ; tokens]`` embeddings and their attention mask."""
+    def _layout(self, prefix: torch.Tensor, rows: list[list[int]],
+                lm_prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``[pad ; prefix ; tokens]`` embeddings and their attention mask. An
+        ``lm_prefix`` (n, D) goes right after the BOS token, before the prompt text: the LM keeps
+        seeing the query embeds followed by BOS, as it was trained."""
         embed = self.model.language_model.get_input_embeddings()
+        n_context = 0
+        if lm_prefix is not None:
+            if lm_prefix.ndim != 2 or lm_prefix.shape[1] != prefix.shape[-1]:
+                raise ValueError(f"lm_prefix must be (n, {prefix.shape[-1]}), got {tuple(lm_prefix.shape)}")
+            n_context = lm_prefix.shape[0]
         batch, n_query = prefix.shape[:2]
         length = max(len(r) for r in rows)
         device = embed.weight.device
         ids = torch.full((batch, length), self.pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((batch, n_query + length), dtype=torch.long, device=device)
+        mask = torch.zeros((batch, n_query + n_context + length), dtype=torch.long, device=device)
         pad = [length - len(r) for r in rows]
         for i, r in enumerate(rows):
             ids[i, pad[i]:] = torch.tensor(r, dtype=torch.long, device=device)
             mask[i, pad[i]:] = 1
         tokens = embed(ids)
         prefix = prefix.to(device, tokens.dtype)
-        # row i: pad[i] pad embeddings (masked out), then the query embeds, then its tokens
-        embeds = torch.stack(
-            [torch.cat([tokens[i, : pad[i]], prefix[i], tokens[i, pad[i] :]], dim=0) for i in range(batch)]
-        )
-        return embeds, mask
+        context = [] if lm_prefix is None else [lm_prefix.to(device, tokens.dtype)]
+        bos = self.tokenizer.bos_token_id
+        out = []
+        for i, r in enumerate(rows):
+            # row i: pad[i] pad embeddings (masked out), the query embeds, BOS, [context,] the rest
+            lead = pad[i] + int(bool(r) and r[0] == bos)
+            out.append(torch.cat([tokens[i, : pad[i]], prefix[i], tokens[i, pad[i]:lead], *context,
+                                  tokens[i, lead:]], dim=0))
+        return torch.stack(out), mask

@@ -14,6 +14,13 @@ built by the caller, and calls its submodules itself instead of replacing any li
   ``_use_cached_vision_x`` flag, keeps them for key/value-cached decoding steps that carry no
   ``<image>`` token).
 
+Extension points for the paper's baselines (``pin.methods``), also by composition:
+``fusion_tokens`` are concatenated to the perceiver's input; ``lm_prefix`` rows replace
+placeholder tokens right after the (last) ``<image>`` through a forward hook on the frozen input
+embedding layer (the mixin needs ``input_ids`` to find the images, so ``inputs_embeds`` cannot be
+used); features ``(B, T, n_positions, width)`` with ``T`` ``<image>`` tokens per prompt give
+OpenFlamingo's interleaved few-shot input (perceiver -> ``(B, T, latents, width)``).
+
 ``generate`` is a small greedy loop over ``lang_encoder`` with the LM's KV cache (left padding,
 positions from the attention mask) rather than ``Flamingo.generate``: on transformers 5 the mixin's
 ``forward(input_ids, attention_mask, ...)`` is called by ``GenerationMixin.generate`` without an
@@ -43,6 +50,7 @@ PROMPT_TEMPLATE = "<image>In the image is a {obj} located at"
 MEDIA_TOKEN = "<image>"
 END_OF_CHUNK = "<|endofchunk|>"
 IGNORE_INDEX = -100
+SLOT = -1  # placeholder id in a prompt row for an lm_prefix embedding (never a real token id)
 PARAMS_PREFIX = "vlm"  # the params.yaml section holding the paper profile's local paths
 
 
@@ -139,17 +147,26 @@ class TeacherForcing:
             return []
         return self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
 
-    def prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+    def prompt_ids(self, prompts: Sequence[str], n_images: int = 1, n_slots: int = 0) -> list[list[int]]:
+        """Token ids of each prompt, checked to hold ``n_images`` ``<image>`` tokens, with
+        ``n_slots`` ``SLOT`` placeholders right after the last one (where ``lm_prefix`` goes)."""
         rows = self.tokenize(prompts, add_special_tokens=True)
+        media = self.media_token_id
         for p, row in zip(prompts, rows):
-            if row.count(self.media_token_id) != 1:
-                raise ValueError(f"prompt must hold exactly one {MEDIA_TOKEN} token: {p!r}")
+            if row.count(media) != n_images:
+                count = "one" if n_images == 1 else str(n_images)
+                raise ValueError(f"prompt must hold exactly {count} {MEDIA_TOKEN} token(s), one per image: {p!r}")
+        if n_slots:
+            at = [len(row) - row[::-1].index(media) for row in rows]  # just after the last image
+            rows = [row[:i] + [SLOT] * n_slots + row[i:] for row, i in zip(rows, at)]
         return rows
 
-    def __call__(self, prompts: Sequence[str], answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, prompts: Sequence[str], answers: Sequence[str], n_images: int = 1,
+                 n_slots: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n_slots`` > 0 leaves ``SLOT`` ids after the image for the adapter's prefix to fill."""
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-        p_rows = self.prompt_ids(prompts)
+        p_rows = self.prompt_ids(prompts, n_images, n_slots)
         a_rows = self.tokenize([a + self.answer_end for a in answers], add_special_tokens=False)
         length = max(len(p) + len(a) for p, a in zip(p_rows, a_rows))
         b = len(p_rows)
@@ -167,10 +184,15 @@ class TeacherForcing:
 class OpenFlamingoAdapter(FrozenVLM):
     """A frozen OpenFlamingo (or a model built from the same parts, like the mini VLM).
 
-    ``flamingo`` is frozen in place (eval mode, ``requires_grad=False``). One image per prompt:
-    each prompt must contain exactly one ``<image>`` token. Not re-entrant: a call conditions the
-    decoder layers on its images and clears them when it returns (one call at a time per model).
+    ``flamingo`` is frozen in place (eval mode, ``requires_grad=False``). Each prompt holds one
+    ``<image>`` token per image: one with features ``(B, n_positions, width)``, ``T`` with
+    interleaved features ``(B, T, n_positions, width)`` (in-context examples; each text token
+    attends to the image just before it, as OpenFlamingo was trained). Not re-entrant: a call
+    conditions the decoder layers on its images and clears them when it returns (one call at a
+    time per model).
     """
+
+    supports_interleaved_images = True
 
     def __init__(
         self,
@@ -227,16 +249,16 @@ class OpenFlamingoAdapter(FrozenVLM):
     def _tokenize(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
         return self.teacher_forcing.tokenize(texts, add_special_tokens)
 
-    def _prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
-        return self.teacher_forcing.prompt_ids(prompts)
+    def _prompt_ids(self, prompts: Sequence[str], n_images: int = 1, n_slots: int = 0) -> list[list[int]]:
+        return self.teacher_forcing.prompt_ids(prompts, n_images, n_slots)
 
     def teacher_forcing_batch(
-        self, prompts: Sequence[str], answers: Sequence[str]
+        self, prompts: Sequence[str], answers: Sequence[str], n_images: int = 1, n_slots: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-padded ``(input_ids, attention_mask, labels)`` on the model's device (see
         :class:`TeacherForcing`)."""
         dev = self.device
-        return tuple(t.to(dev) for t in self.teacher_forcing(prompts, answers))
+        return tuple(t.to(dev) for t in self.teacher_forcing(prompts, answers, n_images, n_slots))
 
     def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(len(r) for r in rows)
@@ -247,21 +269,35 @@ class OpenFlamingoAdapter(FrozenVLM):
             mask[i, length - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def fuse(self, features: torch.Tensor, insert: torch.Tensor | None = None) -> torch.Tensor:
-        """``perceiver(features + insert)``: ``(B, n_positions, width)`` -> ``(B, 1, latents, width)``."""
+    def fuse(
+        self,
+        features: torch.Tensor,
+        insert: torch.Tensor | None = None,
+        fusion_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``perceiver(features + insert [; fusion_tokens])``: ``(B, n_positions, width)`` (one
+        image) or ``(B, T, n_positions, width)`` (T images) -> ``(B, T, latents, width)``."""
         site = self.site
-        if features.ndim != 3 or tuple(features.shape[1:]) != (site.n_positions, site.width):
+        x = features[:, None] if features.ndim == 3 else features
+        if x.ndim != 4 or tuple(x.shape[2:]) != (site.n_positions, site.width):
             raise ValueError(
-                f"features must be (B, {site.n_positions}, {site.width}), got {tuple(features.shape)}"
+                f"features must be (B, {site.n_positions}, {site.width}) or (B, T, {site.n_positions}, "
+                f"{site.width}), got {tuple(features.shape)}"
             )
-        x = features.to(device=self.device, dtype=torch.float32)
+        x = x.to(device=self.device, dtype=torch.float32)
         if insert is not None:
             if tuple(insert.shape) != (site.n_positions, site.width):
                 raise ValueError(
                     f"insert must be ({site.n_positions}, {site.width}), got {tuple(insert.shape)}"
                 )
             x = x + insert.to(device=x.device, dtype=torch.float32)  # added in fp32
-        return self.flamingo.perceiver(x.to(self.dtype)[:, None, None])  # (B, T=1, F=1, N, D)
+        if fusion_tokens is not None:
+            if fusion_tokens.ndim != 2 or fusion_tokens.shape[1] != site.width:
+                raise ValueError(f"fusion_tokens must be (n, {site.width}), got {tuple(fusion_tokens.shape)}")
+            extra = fusion_tokens.to(device=x.device, dtype=torch.float32)
+            x = torch.cat([x, extra.expand(*x.shape[:2], *extra.shape)], dim=2)
+        # the perceiver takes (B, T, F, N, D): one frame per image
+        return self.flamingo.perceiver(x.to(self.dtype)[:, :, None])
 
     @contextlib.contextmanager
     def _conditioned(self, vis: torch.Tensor, keep_media_locations: bool) -> Iterator[None]:
@@ -280,32 +316,107 @@ class OpenFlamingoAdapter(FrozenVLM):
             lm.clear_conditioned_layers()
             lm._use_cached_vision_x = False
 
-    def _lm(self, ids, mask, positions, past=None, use_cache=False):
+    @contextlib.contextmanager
+    def _with_prefix(self, slots: torch.Tensor, prefix: torch.Tensor) -> Iterator[None]:
+        """Inside the block, the LM's input embeddings at ``slots`` ((B, L) bool, ``n`` per row)
+        are replaced by the ``prefix`` rows (n, lm_width), in order.
+
+        The Flamingo mixin derives the image positions from ``input_ids``, so the LM must be
+        called with ids, not ``inputs_embeds``; a forward hook on the (frozen) embedding layer
+        swaps the slot rows on the way in. A longer input (uncached decoding appends tokens on the
+        right) keeps its slots where they were."""
+        embedding = self.lm_input_embeddings
+
+        def swap(_module, _args, output):
+            where = slots
+            if output.shape[1] > where.shape[1]:
+                where = F.pad(where, (0, output.shape[1] - where.shape[1]))
+            out = output.clone()
+            out[where] = prefix.to(out.dtype).repeat(out.shape[0], 1)
+            return out
+
+        handle = embedding.register_forward_hook(swap)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _lm(self, ids, mask, positions, past=None, use_cache=False, prefix=None):
+        """One LM call; ``prefix`` = ``(slots, lm_prefix)`` fills the slots of a full-sequence
+        call (a cached step holds no slots: their keys and values are in ``past``)."""
         kwargs = {"input_ids": ids, "attention_mask": mask, "use_cache": use_cache}
         if past is not None:
             kwargs["past_key_values"] = past
         if self._position_ids:
             kwargs["position_ids"] = positions
-        return self.flamingo.lang_encoder(**kwargs)
+        if prefix is None or past is not None:
+            return self.flamingo.lang_encoder(**kwargs)
+        with self._with_prefix(*prefix):
+            return self.flamingo.lang_encoder(**kwargs)
 
     @staticmethod
     def _positions(mask: torch.Tensor) -> torch.Tensor:
         return (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def _slots(self, ids: torch.Tensor, lm_prefix: torch.Tensor | None):
+        """Turn ``SLOT`` placeholders into pad ids; ``(slots, lm_prefix)`` or None."""
+        if lm_prefix is None:
+            return None
+        if lm_prefix.ndim != 2 or lm_prefix.shape[1] != self.lm_width:
+            raise ValueError(f"lm_prefix must be (n, {self.lm_width}), got {tuple(lm_prefix.shape)}")
+        slots = ids == SLOT
+        ids.masked_fill_(slots, self.pad_token_id)  # any id: its embedding is replaced
+        return slots, lm_prefix.to(self.device)
+
+    @staticmethod
+    def _n_images(features: torch.Tensor) -> int:
+        return 1 if features.ndim == 3 else features.shape[1]
 
     # --------------------------------------------------------------- interface
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         pixels = torch.stack([self.image_processor(im.convert("RGB")) for im in images])
         return pixels.to(device=self.device, dtype=next(self.flamingo.vision_encoder.parameters()).dtype)
 
-    def patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         visual = self.flamingo.vision_encoder
-        with torch.no_grad():
-            out = visual(pixels.to(device=self.device, dtype=next(visual.parameters()).dtype))
+        out = visual(pixels.to(device=self.device, dtype=next(visual.parameters()).dtype))
         tokens = out[1]
         want = (self.site.n_positions, self.site.width)
         if tuple(tokens.shape[1:]) != want:
             raise RuntimeError(f"vision encoder gave tokens {tuple(tokens.shape)}, expected (B, *{want})")
         return tokens
+
+    @property
+    def vision_encoder(self) -> torch.nn.Module:
+        return self.flamingo.vision_encoder
+
+    @property
+    def vision_blocks(self) -> torch.nn.ModuleList:
+        transformer = self.flamingo.vision_encoder.transformer
+        if not getattr(transformer, "batch_first", True):
+            raise ValueError("the open_clip vision transformer runs sequence-first; vision prompts need batch-first")
+        return transformer.resblocks
+
+    @property
+    def lora_targets(self) -> dict[str, list[str]]:
+        # open_clip blocks: q/k/v live in nn.MultiheadAttention's packed ``in_proj_weight``, which
+        # the attention reads directly (no Linear forward), so LoRA wraps the parameter itself;
+        # the MLP's c_fc / c_proj are Linear layers. The attention's out_proj is left out: the
+        # attention never calls its forward either, and peft's nn.MultiheadAttention wrapper
+        # merges and unmerges the LoRA delta into the frozen weights on every call, which leaves
+        # them changed by float rounding (the frozen encoder must stay bit-identical).
+        return {"target_modules": ["mlp.c_fc", "mlp.c_proj"], "target_parameters": ["attn.in_proj_weight"]}
+
+    @property
+    def lm_input_embeddings(self) -> torch.nn.Embedding:
+        return self.flamingo.lang_encoder.get_input_embeddings()
+
+    def set_image_size(self, image_size: int) -> None:
+        from pin.vlm.resolution import interpolate_open_clip, resized_processor
+
+        interpolate_open_clip(self.flamingo.vision_encoder, image_size)
+        self.image_processor = resized_processor(self.image_processor, image_size)
+        self.site = _site_of(self.flamingo.vision_encoder)
 
     def logits(
         self,
@@ -313,11 +424,14 @@ class OpenFlamingoAdapter(FrozenVLM):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         insert: torch.Tensor | None = None,
+        *,
+        fusion_tokens: torch.Tensor | None = None,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """LM logits ``(B, L, vocab)`` for a full (right-padded) sequence, image-conditioned."""
-        vis = self.fuse(features, insert)
+        vis = self.fuse(features, insert, fusion_tokens)
         with self._conditioned(vis, keep_media_locations=False):
-            out = self._lm(input_ids, attention_mask, self._positions(attention_mask))
+            out = self._lm(input_ids, attention_mask, self._positions(attention_mask), prefix=prefix)
         return out.logits
 
     def answer_loss(
@@ -326,11 +440,17 @@ class OpenFlamingoAdapter(FrozenVLM):
         prompts: list[str],
         answers: list[str],
         insert: torch.Tensor | None = None,
+        *,
+        fusion_tokens: torch.Tensor | None = None,
+        lm_prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if len(features) != len(prompts):
             raise ValueError(f"{len(features)} feature rows but {len(prompts)} prompts")
-        ids, mask, labels = self.teacher_forcing_batch(prompts, answers)
-        return masked_answer_loss(self.logits(features, ids, mask, insert), labels)
+        n_slots = 0 if lm_prefix is None else lm_prefix.shape[0]
+        ids, mask, labels = self.teacher_forcing_batch(prompts, answers, self._n_images(features), n_slots)
+        prefix = self._slots(ids, lm_prefix)
+        return masked_answer_loss(self.logits(features, ids, mask, insert, fusion_tokens=fusion_tokens,
+                                              prefix=prefix), labels)
 
     def generate(
         self,
@@ -340,6 +460,9 @@ class OpenFlamingoAdapter(FrozenVLM):
         max_new_tokens: int = 24,
         num_beams: int = 1,
         use_cache: bool = True,
+        *,
+        fusion_tokens: torch.Tensor | None = None,
+        lm_prefix: torch.Tensor | None = None,
     ) -> list[str]:
         """Greedy decoding; ``use_cache=False`` recomputes the whole sequence at every step (the
         reference the cached path is tested against)."""
@@ -349,11 +472,13 @@ class OpenFlamingoAdapter(FrozenVLM):
             raise ValueError(f"{len(features)} feature rows but {len(prompts)} prompts")
         if not prompts:
             return []
+        n_slots = 0 if lm_prefix is None else lm_prefix.shape[0]
         with torch.no_grad():
-            ids, mask = self._left_padded(self._prompt_ids(prompts))
-            vis = self.fuse(features, insert)
+            ids, mask = self._left_padded(self._prompt_ids(prompts, self._n_images(features), n_slots))
+            prefix = self._slots(ids, lm_prefix)
+            vis = self.fuse(features, insert, fusion_tokens)
             with self._conditioned(vis, keep_media_locations=True):
-                new = self._greedy(ids, mask, max_new_tokens, use_cache)
+                new = self._greedy(ids, mask, max_new_tokens, use_cache, prefix)
         stops = set(self.stop_token_ids)
         texts = []
         for row in new.tolist():
@@ -363,7 +488,8 @@ class OpenFlamingoAdapter(FrozenVLM):
             )
         return texts
 
-    def _greedy(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, use_cache: bool) -> torch.Tensor:
+    def _greedy(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, use_cache: bool,
+                prefix=None) -> torch.Tensor:
         b = ids.shape[0]
         positions = self._positions(mask)
         stops = torch.tensor(self.stop_token_ids, device=ids.device)
@@ -373,10 +499,10 @@ class OpenFlamingoAdapter(FrozenVLM):
         step_ids, step_pos = ids, positions
         for _ in range(max_new_tokens):
             if use_cache:
-                out = self._lm(step_ids, mask, step_pos, past=past, use_cache=True)
+                out = self._lm(step_ids, mask, step_pos, past=past, use_cache=True, prefix=prefix)
                 past = out.past_key_values
             else:
-                out = self._lm(ids, mask, positions)
+                out = self._lm(ids, mask, positions, prefix=prefix)
             nxt = out.logits[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, self.pad_token_id), nxt)
             new.append(nxt)

@@ -14,6 +14,13 @@ def resolve_device(name: str) -> str:
 
 
 def load_vlm(p: VLMParams) -> FrozenVLM:
+    vlm = _load(p)
+    if p.image_size is not None:
+        vlm.set_image_size(p.image_size)
+    return vlm
+
+
+def _load(p: VLMParams) -> FrozenVLM:
     device = resolve_device(p.device)
     if p.name == "mini":
         from pin.vlm.mini import load_mini

@@ -1,0 +1,92 @@
+"""What every method of the comparison (PIN and the paper's baselines) offers training and evaluation.
+
+A method adapts the frozen VLM without changing a VLM weight, at one or more of the adapter's
+extension points (:mod:`pin.vlm.base`):
+
+* ``conditioning()``: keyword arguments for ``FrozenVLM.answer_loss`` / ``generate``
+  (``insert``: PIN; ``fusion_tokens``: VPT on the fusion network; ``lm_prefix``: CoOp);
+* ``vision(vlm)``: a context inside which the VLM's vision encoder runs with the method's
+  changes (VPT tokens in the ViT sequence, LoRA); such a method sets ``encodes_pixels`` and is
+  trained with the encoder in the graph instead of on cached features.
+
+Methods that are evaluated as they are (``raw``, ``random``, ``incontext``) set ``trains = False``.
+A trained method is saved as ``model.safetensors`` (its trainable tensors) + ``config.json``
+(``{"method": name, "config": {...}}``), both written atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from safetensors.torch import save as st_save
+from torch import nn
+
+from pin.io import atomic_write_bytes, atomic_write_json
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    trains: ClassVar[bool] = True
+    encodes_pixels: ClassVar[bool] = False  # changes the vision encoder: no feature cache
+
+    # ---- the forward pass -------------------------------------------------------------------
+    def conditioning(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments for ``FrozenVLM.answer_loss`` / ``generate``."""
+        return {}
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        # the training loop calls the (possibly DDP-wrapped) module, so this is conditioning()
+        return self.conditioning()
+
+    @contextlib.contextmanager
+    def vision(self, vlm) -> Iterator[None]:
+        """Inside the block the VLM's vision encoder runs with this method's changes."""
+        yield
+
+    def features(self, vlm, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's tokens for ``pixels`` with this method's changes, with autograd."""
+        with self.vision(vlm):
+            return vlm.vision_tokens(pixels)
+
+    # ---- what trains --------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @property
+    def n_trainable_params(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything needed to restore the trained method (saved, checkpointed)."""
+        return self.state_dict()
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state, strict=True)
+
+    # ---- files --------------------------------------------------------------------------------
+    def config(self) -> dict:
+        """JSON-able keyword arguments that rebuild this method (``cls.build(vlm, **config)``)."""
+        return {}
+
+    @classmethod
+    def build(cls, vlm, **config) -> "Method":
+        return cls(vlm, **config)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state().items()}
+        atomic_write_bytes(folder / WEIGHTS_FILE, st_save(tensors))
+        atomic_write_json(folder / CONFIG_FILE, {"method": self.name, "config": self.config()})
+
+
+def xavier_tokens(n: int, width: int) -> nn.Parameter:
+    """``n`` prompt tokens drawn uniformly from +-sqrt(6 / (width + width)): VPT's Xavier-uniform
+    init (Jia et al. 2022), with the width standing in for the patch embedding's fan-in."""
+    bound = (6.0 / (2 * width)) ** 0.5
+    return nn.Parameter(torch.empty(n, width).uniform_(-bound, bound))
