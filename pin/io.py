@@ -8,6 +8,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual umask-based modes.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
 
 def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
     """Write to a temporary sibling, then rename: readers see the old file or the new, never half.
@@ -18,6 +24,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = False) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if durable:

@@ -33,7 +33,7 @@ from open_flamingo.src.helpers import GatedCrossAttentionBlock, PerceiverResampl
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from pin.errors import PinError
-from pin.io import atomic_write_json
+from pin.io import DIR_MODE, atomic_write_json
 from pin.vlm.openflamingo import END_OF_CHUNK, MEDIA_TOKEN, OpenFlamingoAdapter, set_gates
 from pin.vlm.tokenizer import build_word_tokenizer, load_tokenizer, save_tokenizer
 
@@ -292,6 +292,7 @@ def save_mini(
         if stale.suffix in (".tmp", ".old") and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    tmp.chmod(DIR_MODE)  # mkdtemp makes it private
     try:
         save_file(unique_state(flamingo), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         save_tokenizer(tokenizer, tmp)

@@ -357,7 +357,7 @@ def install_asset(p, images, probe, out_dir: str, metrics_path: str) -> str:
     from pathlib import Path
 
     from pin.errors import PinError
-    from pin.io import atomic_write_json
+    from pin.io import DIR_MODE, atomic_write_json
     from pin.vlm.mini import load_mini, read_mini_config
 
     asset = Path(p.asset)
@@ -375,6 +375,7 @@ def install_asset(p, images, probe, out_dir: str, metrics_path: str) -> str:
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".mini_vlm.", dir=out.parent))
+    tmp.chmod(DIR_MODE)  # mkdtemp makes it private
     shutil.copytree(asset, tmp, dirs_exist_ok=True)
     if out.exists():
         shutil.rmtree(out)
