@@ -102,7 +102,7 @@ def method_inputs(vlm: FrozenVLM, method: Method, queries: list[Query], frozen_f
     if not method.encodes_pixels:
         return frozen_feats, conditioning
     with method.vision(vlm):
-        feats, _ = query_features(vlm, queries, batch_size)
+        feats, _, _ = query_features(vlm, queries, batch_size)  # same rows as the frozen features
     return feats, conditioning
 
 

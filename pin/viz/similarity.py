@@ -156,10 +156,11 @@ def similarity_figure(panels: Mapping[str, np.ndarray], grid: int, path: str | P
 
 
 def insert_panels(insert, vlm=None, images: Sequence = (), n_images: int = PAPER_IMAGES,
-                  grid: int | None = None) -> tuple[dict[str, tuple[str, np.ndarray]], int]:
+                  grid: int | None = None, trained: bool = True) -> tuple[dict[str, tuple[str, np.ndarray]], int]:
     """The Figure 9 panels for a trained insert, ``{key: (title, similarities)}`` with keys
     ``table`` (raw S), ``encoder`` (only when ``vlm`` and ``images`` are given) and ``pi``, and the
-    patch grid (default: the square root of the insert's patch positions)."""
+    patch grid (default: the square root of the insert's patch positions). ``trained=False``
+    (a run of another method: no PIN was trained) leaves out the ``pi`` panel."""
     cfg = insert.config
     n_patches = cfg.n_positions - int(cfg.has_cls)
     grid = grid or int(round(n_patches ** 0.5))
@@ -173,13 +174,14 @@ def insert_panels(insert, vlm=None, images: Sequence = (), n_images: int = PAPER
         n = min(n_images, len(images))
         panels["encoder"] = (f"vision encoder features (mean of {n} images)",
                              encoder_similarity(vlm, images, n_images))
-    panels["pi"] = (f"learned PIN pi = psi(S) ({cfg.layers} layers)", table_similarity(pi, grid, cfg.has_cls))
+    if trained:
+        panels["pi"] = (f"learned PIN pi = psi(S) ({cfg.layers} layers)", table_similarity(pi, grid, cfg.has_cls))
     return panels, grid
 
 
 def write_similarity(insert, path: str | Path, vlm=None, images: Sequence = (),
-                     n_images: int = PAPER_IMAGES) -> dict[str, dict[str, float]]:
+                     n_images: int = PAPER_IMAGES, trained: bool = True) -> dict[str, dict[str, float]]:
     """Figure 9 for ``insert`` as a PNG at ``path``; returns :func:`locality` per panel."""
-    panels, grid = insert_panels(insert, vlm, images, n_images)
+    panels, grid = insert_panels(insert, vlm, images, n_images, trained=trained)
     similarity_figure({title: sim for title, sim in panels.values()}, grid, path)
     return {key: locality(sim, grid) for key, (_, sim) in panels.items()}
