@@ -274,7 +274,7 @@ CASES = [
            "e.g. ['bad0.jpg', 'bad1.jpg']")),
     Case("bg_missing", "compose.backgrounds: /nope", "compose",
          lambda ws: (filtered(ws), write_params(ws, compose={"backgrounds": "/nope"})),
-         P("compose.backgrounds='/nope': not 'builtin' and no such folder")),
+         P("compose.backgrounds='/nope': not 'builtin' or 'white' and no such folder")),
     Case("shard", "a damaged composed shard", "train", _shard_damaged,
          P("data/composed/train/part-00000.parquet: not a readable shard (") + ".*"
          + P("); delete it and rerun `dvc repro compose` (the other shards are kept)")),
@@ -331,8 +331,8 @@ CASES = [
            "`dvc repro pretrain_vlm`, or set vlm.path to a folder that stage wrote")),
     Case("pin_missing", "models/pin missing (evaluate)", "evaluate",
          lambda ws: (models(ws), shutil.rmtree(ws / "models/pin"), write_params(ws)),
-         P("models/pin: not a saved PositionalInsert (no config.json and model.safetensors); train one with "
-           "`dvc repro train`"), args=("synthetic",)),
+         P("models/pin: no trained method here (no config.json); train one with `dvc repro train`"),
+         args=("synthetic",)),
 ]
 
 

@@ -49,10 +49,12 @@ def build_method(name: str, vlm, pin_p, baselines_p) -> Method:
 def load_method(folder: str | Path, vlm) -> Method:
     """A method saved by ``save_pretrained`` (or a bare PositionalInsert folder), for ``vlm``."""
     folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise PinError(f"{folder}: no trained method here (no {CONFIG_FILE}); train one with `dvc repro train`")
     try:
         info = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError) as err:
-        raise PinError(f"{folder}: no readable {CONFIG_FILE} ({err}); run the train stage first") from None
+        raise PinError(f"{folder}: no readable {CONFIG_FILE} ({err}); retrain it with `dvc repro train`") from None
     if "pin_insert" in info:
         from pin.insert import PositionalInsert
 
