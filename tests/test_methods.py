@@ -215,7 +215,7 @@ def test_untrained_method_cannot_be_trained(tmp_path):
 
 def test_load_errors(tmp_path):
     vlm = fresh_vlm()
-    with pytest.raises(PinError, match="run the train stage"):
+    with pytest.raises(PinError, match="dvc repro train"):
         load_method(tmp_path / "none", vlm)
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text('{"method": "magic"}')
