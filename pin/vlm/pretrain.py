@@ -228,14 +228,12 @@ def recognition_report(adapter, features: torch.Tensor, facts: list[list[ObjectF
             "n_images": len(facts)}
 
 
-def _slot_size(text: str) -> tuple[int, int] | None:
-    import re
+def _slot_size(text: str) -> tuple[float, float] | None:
+    """Width and height of a slot answer, read by the evaluation's own strict box parser."""
+    from pin.boxes import BoxCodec
 
-    m = re.fullmatch(r"\s*\[(\d+),(\d+),(\d+),(\d+)\]\s*", text)
-    if not m:
-        return None
-    x1, y1, x2, y2 = map(int, m.groups())
-    return (x2 - x1, y2 - y1)
+    box = BoxCodec(grid=8).parse(text)  # parse reads frame coordinates; the grid plays no part
+    return None if box is None else (box[2] - box[0], box[3] - box[1])
 
 
 def _names_in(caption: str, vocab_sorted: list[str]) -> list[str]:
