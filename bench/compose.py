@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, digests = [], {}
         for workers in [int(w) for w in args.workers.split(",")]:
             p = ComposeParams(image_size=args.image_size, grid=args.grid, n_train=args.n, n_val=0,
-                              n_heldout=0, shard_size=500, format=args.format, workers=workers)
+                              n_heldout=0, n_pretrain=0, shard_size=500, format=args.format, workers=workers)
             out_dir = tmp / f"composed-{workers}"
             start = time.perf_counter()
             run_compose(p, objects_dir, filtered, out_dir, None, progress=False)

@@ -32,9 +32,6 @@ _BOX_RE = re.compile(
     re.ASCII,
 )
 
-SIZE_SMALL = 32**2  # COCO size buckets, in the 224-px frame (paper Sec. 5: mIoU_M, mIoU_L)
-SIZE_LARGE = 96**2
-
 
 def _format_number(num: int, den: int) -> str:
     """num/den as text: an int when integral, else at most two decimals, trailing zeros stripped."""
@@ -200,10 +197,3 @@ def iou_matrix(a, b) -> np.ndarray:
     a, b = _as_boxes(a).reshape(-1, 4), _as_boxes(b).reshape(-1, 4)
     return iou(a[:, None, :], b[None, :, :])
 
-
-def size_bucket(boxes, frame: float = 224.0) -> np.ndarray:
-    """COCO size bucket per box in the ``frame``-px square: "s" (< 32^2), "m" (32^2 .. < 96^2) or
-    "l" (>= 96^2), thresholds scaled from the 224-px frame. Returns a str array shaped like the
-    boxes' leading axes (a 0-d array for one box; ``str(...)`` gives the letter)."""
-    area = box_area(boxes) * (224.0 / frame) ** 2
-    return np.where(area < SIZE_SMALL, "s", np.where(area < SIZE_LARGE, "m", "l"))

@@ -4,11 +4,22 @@ The names live in ``pin/data/*.csv`` (see ``pin/data/SOURCES.md`` for where they
 ``scripts/build_category_files.py`` for how they were built). The paper trains on synthetic
 objects of LVIS categories and holds out every category that also occurs in COCO or PASCAL VOC
 for a zero-shot evaluation; :func:`heldout_names` computes that set by synonym-aware matching.
+
+Names in prompts and queries: ONE rule for every stage. :func:`query_name` is what a prompt, a
+referral, a COCO export and an evaluation query say for a category; today it is
+:func:`readable` (the dataset name as words, VOC's run-together names split). :func:`clean_name`
+(without LVIS's disambiguator: ``bus_(vehicle)`` -> ``bus``) is ready but not used: it changes the
+mini VLM's vocabulary, so it lands (``CLEAN_QUERY_NAMES = True``) with the next retrained asset.
 """
+# Public API for the other stages (pretraining, evaluation, COCO export):
+#   query_name(name: str) -> str   the text a prompt/query uses for a category name of any set
+#   readable(name: str) -> str     the words of a name (also for synonym matching)
+#   clean_name(name: str) -> str   readable() without a "(...)" disambiguator; nothing uses it yet
 from __future__ import annotations
 
 import csv
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -47,23 +58,42 @@ class Category:
         return slug(self.name)
 
 
-# VOC writes some class names as one word; LVIS has one name with a stray second part.
+# VOC writes three class names as one word and uses the British "aeroplane", which captions (and
+# COCO, and LVIS) spell "airplane"; LVIS has one name with a stray second part. "motorbike" and
+# "sofa" are words captions use, so they stay. pvoc.csv lists each readable name first.
 _READABLE = {
     "diningtable": "dining table",
     "tvmonitor": "tv monitor",
     "pottedplant": "potted plant",
-    "motorbike": "motorbike",
-    "aeroplane": "aeroplane",
+    "aeroplane": "airplane",
     "monitor_(computer_equipment) computer_monitor": "computer monitor",
 }
+# Off until the retrained mini-VLM asset: clean names are words its vocabulary does not have.
+CLEAN_QUERY_NAMES = False
+_DISAMBIGUATOR = re.compile(r"\s*\([^)]*\)")
 
 
 def readable(name: str) -> str:
-    """A name as words for prompts: ``diningtable`` -> ``dining table``, ``bat_(animal)`` ->
-    ``bat (animal)``, ``tvmonitor`` -> ``tv monitor``."""
+    """A name as words: ``diningtable`` -> ``dining table``, ``bat_(animal)`` -> ``bat (animal)``,
+    ``aeroplane`` -> ``airplane``. Underscores, control characters and runs of whitespace become
+    one space (annotation files from elsewhere may hold any text)."""
     if name in _READABLE:
         return _READABLE[name]
-    return re.sub(r"\s+", " ", name.replace("_", " ")).strip()
+    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in name.replace("_", " "))
+    return " ".join(text.split())
+
+
+def clean_name(name: str) -> str:
+    """:func:`readable` without LVIS's disambiguator, as a caption would say it: ``bus_(vehicle)``
+    -> ``bus``, ``football_(American)`` -> ``football``. Not unique (``bow_(weapon)`` and
+    ``bow_(decorative_ribbons)`` are both ``bow``): bookkeeping keeps the LVIS name and id."""
+    words = readable(name)
+    return " ".join(_DISAMBIGUATOR.sub(" ", words).split()) or words
+
+
+def query_name(name: str) -> str:
+    """What prompts, referrals, exports and evaluation queries call a category (one rule for all)."""
+    return clean_name(name) if CLEAN_QUERY_NAMES else readable(name)
 
 
 def slug(name: str) -> str:

@@ -4,10 +4,12 @@
     pin locate photo.jpg "a cup" --fit letterbox --json
     pin info models/pin                            # the insert's config and size
     pin similarity models/pin -o pi.png            # the paper's Figure 9 for an insert
+    pin check-weights --vlm openflamingo --checkpoint ckpt.pt --lang-model mpt-1b-redpajama-200b-dolly
 
-``locate`` reads the VLM settings from ``params.yaml`` when there is one (``vlm`` section; the box
-grid from ``compose.grid``, the grid the insert was trained on) and falls back to the offline
-default (``--model mini`` from ``models/mini_vlm``, grid 8). Exit codes: 0 box found, 1 error,
+``locate`` reads the VLM settings from ``params.yaml`` when there is one (``vlm`` section) and
+falls back to the offline default (``--model mini`` from ``models/mini_vlm``). The box grid is the
+one recorded with the insert (its config.json); without an insert, or for an insert saved before
+grids were recorded, ``compose.grid`` of ``params.yaml``, else 8/16/14 for mini/openflamingo/blip2. Exit codes: 0 box found, 1 error,
 2 bad usage, 3 the model gave no readable box.
 """
 from __future__ import annotations
@@ -111,8 +113,8 @@ def locate(
         help="resize: squash into the square frame (as evaluation does) | letterbox: keep the aspect ratio, "
              "pad with grey.")] = "resize",
     grid: Annotated[Optional[int], typer.Option(
-        help="Box grid G the insert was trained on (default: compose.grid of params.yaml, else 8/16/14 for "
-             "mini/openflamingo/blip2).")] = None,
+        help="Box grid G the insert was trained on (default: the grid recorded with the insert; without one, "
+             "compose.grid of params.yaml, else 8/16/14 for mini/openflamingo/blip2).")] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Where to write the picture with the box (default ./<name>_located.png).")] = None,
     params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read vlm/compose from.")] = Path(
@@ -123,7 +125,7 @@ def locate(
     """Find QUERY in IMAGE: print the box (pixels of IMAGE) and write IMAGE with the box drawn."""
     import torch
 
-    from pin.locate import draw_box, locate as run_locate, open_image
+    from pin.locate import answer_grid, draw_box, locate as run_locate, open_image
 
     if model not in DEFAULT_GRID:
         raise typer.BadParameter(f"must be one of {', '.join(DEFAULT_GRID)}", param_hint="--model")
@@ -132,11 +134,15 @@ def locate(
     insert = _here_or_project(insert)
     try:
         picture = open_image(image)
+        given_grid, notes = grid, []
         vlm_p, grid = _vlm_settings(model, vlm_path, params_file, device, grid)
         vlm = _load_vlm(vlm_p)
         pi = None
         if not no_insert:
             module = _load_insert(insert)
+            if given_grid is None:
+                grid, note = answer_grid(insert, grid)
+                notes += [note] if note else []
             site = vlm.site
             if (module.config.n_positions, module.config.width) != (site.n_positions, site.width):
                 raise PinError(
@@ -147,6 +153,7 @@ def locate(
             with torch.no_grad():
                 pi = module.to(vlm.device)().detach()
         result = run_locate(vlm, pi, picture, query, grid, fit=fit)
+        notes += [result.warning] if result.warning else []
         target = out or Path(f"{image.stem}_located.png")
         buf = io.BytesIO()
         fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(target.suffix.lower(), "PNG")
@@ -155,9 +162,13 @@ def locate(
     except (PinError, ValueError, OSError) as err:
         _fail(err)
     w, h = result.size
+    if not as_json:  # --json: in the one object printed
+        for note in notes:
+            typer.echo(f"warning: {note}", err=True)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "grid": grid, "model": vlm.name,
-                               "insert": None if no_insert else str(insert), "image": str(target)}))
+                               "insert": None if no_insert else str(insert), "image": str(target),
+                               **({"warnings": notes} if notes else {})}))
     elif result.box is None:
         typer.echo(f"{query}: no box - the model answered {result.answer!r}")
         typer.echo(f"wrote {target}")
@@ -185,7 +196,8 @@ def info(
 
             meta = read_mini_config(path)
             report = {"kind": "mini VLM", "path": str(path), "parameters": meta.get("n_parameters"),
-                      "config": meta.get("config"), "vocab_size": meta.get("vocab_size")}
+                      "config": meta.get("config"), "vocab_size": meta.get("vocab_size"),
+                      "categories": meta.get("meta", {}).get("vocabulary", [])}
         else:
             module = _load_insert(path)
             cfg = module.config
@@ -218,6 +230,8 @@ def info(
         typer.echo(f"  adds a {report['output_shape'][0]} x {report['output_shape'][1]} tensor to the patch "
                    f"features ({report['patch_grid']} patches)")
     typer.echo(f"  on disk: {human_size(report['bytes'])} ({', '.join(report['files'])})")
+    if "categories" in report:  # the only object names the mini VLM can read in a query
+        typer.echo(f"  knows {len(report['categories'])} categories: {', '.join(report['categories']) or '(none recorded)'}")
     typer.echo("  config:")
     for k, v in (report.get("config") or {}).items():
         typer.echo(f"    {k}: {v}")
@@ -240,6 +254,39 @@ def similarity(
         typer.echo(f"{key}: mean similarity with 4-neighbours {s['neighbours']:.2f}, same row {s['same_row']:.2f}, "
                    f"same column {s['same_column']:.2f}, farther {s['other']:.2f}")
     typer.echo(f"wrote {out}")
+
+
+@app.command("check-weights")
+def check_weights(
+    vlm: Annotated[str, typer.Option(help="openflamingo | blip2.")],
+    checkpoint: Annotated[Optional[str], typer.Option(help="OpenFlamingo checkpoint.pt (default vlm.checkpoint).")] = None,
+    lang_model: Annotated[Optional[str], typer.Option(help="OpenFlamingo LM folder (default vlm.lang_model).")] = None,
+    clip_model: Annotated[Optional[str], typer.Option(help="open_clip model name (default vlm.clip_model).")] = None,
+    clip_pretrained: Annotated[Optional[str], typer.Option(
+        help="open_clip weights file or cached tag (default vlm.clip_pretrained).")] = None,
+    blip2_model: Annotated[Optional[str], typer.Option(help="BLIP-2 folder (default vlm.blip2_model).")] = None,
+    diffusers: Annotated[Optional[str], typer.Option(help="Also load this Stable Diffusion folder (generate).")] = None,
+    clip: Annotated[Optional[str], typer.Option(help="Also load this open_clip weights file (filter.model).")] = None,
+    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read vlm from.")] = Path("params.yaml"),
+    device: Annotated[str, typer.Option(help="cpu (default: fp32, comparable) | cuda | auto.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Load the paper profile's weights and print each component's parameter count and dtype, then a
+    logit checksum and the greedy answer on one fixed input (compare them with another download)."""
+    from pin import check_weights as cw
+
+    params_file = _here_or_project(params_file)
+    flags = dict(checkpoint=checkpoint, lang_model=lang_model, clip_model=clip_model,
+                 clip_pretrained=clip_pretrained, blip2_model=blip2_model)
+    try:
+        report = cw.check_vlm(vlm, params_file, flags, device)
+        if diffusers is not None:
+            report.extras += cw.check_diffusers(diffusers, device)
+        if clip is not None:
+            report.extras += cw.check_clip(cw.filter_clip_model(params_file), clip, device)
+    except (PinError, OSError, ValueError) as err:
+        _fail(err)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
 
 
 def main(argv: list[str] | None = None) -> int:

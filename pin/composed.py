@@ -39,7 +39,9 @@ def shard_paths(split_dir: str | Path) -> list[Path]:
     return paths
 
 
-def read_split(split_dir: str | Path, limit: int | None = None) -> list[ComposedImage]:
+def read_split_records(split_dir: str | Path, limit: int | None = None) -> list[ComposedImage]:
+    """Every image of a composed split (the first ``limit``), decoded into records for training
+    and evaluation (:func:`pin.synth.shards.read_split` gives the raw Arrow table instead)."""
     out: list[ComposedImage] = []
     cols = ["image_id", "image", "width", "height", "objects"]
     for path in shard_paths(split_dir):

@@ -167,12 +167,14 @@ class PositionalInsert(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     # ---- files ------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write ``model.safetensors`` and ``config.json`` (each atomically) into ``folder``."""
+    def save_pretrained(self, folder: str | Path, grid: int | None = None) -> None:
+        """Write ``model.safetensors`` and ``config.json`` (each atomically) into ``folder``;
+        ``grid``: the box grid the insert was trained to answer on, recorded with it."""
         folder = Path(folder)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_write_bytes(folder / "model.safetensors", st_save(tensors))
-        atomic_write_json(folder / "config.json", {"pin_insert": self.config.to_dict()})
+        info = {"pin_insert": self.config.to_dict(), **({} if grid is None else {"grid": grid})}
+        atomic_write_json(folder / "config.json", info)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "PositionalInsert":

@@ -69,6 +69,21 @@ def remove_temp_files(root: str | Path) -> int:
     return n
 
 
+def record_timing(path: str | Path, stage: str, timings: dict) -> None:
+    """Put ``timings`` under ``stage`` in the JSON file at ``path``, keeping the other stages'.
+    Wall-clock values differ on every run, so they live here, uncommitted, and never in a
+    committed metrics file, a model file or a training curve (a rerun must change no byte)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    data[stage] = timings
+    atomic_write_json(path, data)
+
+
 def fingerprint(obj: Any) -> str:
     """Stable short hash of a JSON-able config: a resumed run only reuses work made with the same one."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

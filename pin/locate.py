@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from pin.boxes import BoxCodec
 from pin.errors import PinError
+from pin.frame import FRAME
 
-FRAME = 224
 PAD_COLOUR = (124, 116, 104)  # close to the CLIP mean: the padding reads as "nothing"
 Fit = Literal["resize", "letterbox"]
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.IGNORECASE)
@@ -92,6 +92,7 @@ class Located:
     box: tuple[float, float, float, float] | None  # in the picture's pixels
     size: tuple[int, int]
     fit: str
+    warning: str | None = None  # e.g. query words the VLM has never seen
 
     def to_dict(self) -> dict:
         r = lambda b: None if b is None else [round(v, 1) for v in b]  # noqa: E731
@@ -99,21 +100,38 @@ class Located:
                 "image_size": list(self.size), "fit": self.fit}
 
 
+def answer_grid(insert_dir: str | Path, fallback: int) -> tuple[int, str | None]:
+    """The box grid the insert in ``insert_dir`` was trained on (recorded in its config.json by
+    the train stage), or - for a folder saved before grids were recorded - ``fallback`` and a
+    warning saying so."""
+    from pin.methods import saved_grid
+
+    grid = saved_grid(insert_dir)
+    if grid is not None:
+        return grid, None
+    return fallback, (f"{Path(insert_dir) / 'config.json'} records no box grid (saved before the train stage "
+                      f"recorded it): assuming grid {fallback}; pass --grid if it was trained on another, or "
+                      "retrain it with `dvc repro train`")
+
+
 @torch.no_grad()
 def locate(vlm, insert: torch.Tensor | None, image: Image.Image, query: str, grid: int,
            fit: Fit = "resize", num_beams: int = 1) -> Located:
     """Ask the frozen VLM (with ``insert`` added to its patch features, or raw when None) where
-    ``query`` is in ``image``."""
+    ``query`` is in ``image``. ``Located.warning`` names query words the VLM cannot read."""
     framed, framing = frame_image(image, fit)
     codec = BoxCodec(grid)
+    name = object_name(query)
+    check = getattr(vlm, "vocabulary_warning", None)  # FrozenVLM's; a stand-in VLM may lack it
+    warning = check([name]) if check is not None else None
     feats = vlm.patch_features(vlm.preprocess([framed]))
     if insert is not None:
         insert = insert.to(feats.device)
-    answer = vlm.generate(feats, [vlm.prompt(object_name(query))], insert=insert,
+    answer = vlm.generate(feats, [vlm.prompt(name)], insert=insert,
                           max_new_tokens=codec.max_answer_chars + 2, num_beams=num_beams)[0]
     frame_box = codec.parse(answer)
     box = None if frame_box is None else framing.to_picture(frame_box)
-    return Located(query, answer, frame_box, box, framing.size, fit)
+    return Located(query, answer, frame_box, box, framing.size, fit, warning)
 
 
 def _font(size: int):

@@ -24,10 +24,8 @@ from tqdm import tqdm
 
 from pin.boxes import BoxCodec
 from pin.composed import ComposedImage
-from pin.insert import PositionalInsert
-from pin.io import atomic_write_json
+from pin.io import atomic_write_json, record_timing
 from pin.methods.base import Method
-from pin.methods.insert import PinMethod
 from pin.vlm.base import FrozenVLM
 
 
@@ -66,7 +64,7 @@ class TrainResult:
     steps: int
     final_loss: float
     val_loss: float | None
-    samples_per_s: float
+    samples_per_s: float  # wall-clock: reported, never written into a committed file
     trainable_params: int
     seconds: float
 
@@ -163,12 +161,6 @@ def evaluate_loss(vlm: FrozenVLM, method: Method, feats: BatchFeatures, images: 
     return sum(losses) / max(len(losses), 1)
 
 
-def train_insert(vlm: FrozenVLM, insert: PositionalInsert, train_images: list[ComposedImage], codec: BoxCodec,
-                 **kwargs) -> TrainResult:
-    """Train a PositionalInsert (PIN); see :func:`train_method` for the arguments."""
-    return train_method(vlm, PinMethod(insert), train_images, codec, **kwargs)
-
-
 def train_method(
     vlm: FrozenVLM,
     method: Method,
@@ -240,8 +232,8 @@ def train_method(
         done = step + 1
         if done % log_every == 0 or done == steps:
             ema = float(loss_ema)  # a sync (the tensor goes on: resumed and uninterrupted runs agree)
-            rate = (done - start_step) * batch_size / (time.perf_counter() - t0)
-            record = {"step": done, "loss": float(value), "loss_ema": ema, "lr": lr, "samples_per_s": rate}
+            # no wall-clock value: the curves are committed and must be the same on every run
+            record = {"step": done, "loss": float(value), "loss_ema": ema, "lr": lr}
             history.append(record)
             bar.set_postfix(loss=f"{ema:.3f}")
             if live is not None and accelerator.is_main_process:
@@ -261,7 +253,7 @@ def train_method(
 
 def _log_live(live, record: dict) -> None:
     live.step = record["step"]
-    for k in ("loss", "loss_ema", "lr", "samples_per_s"):
+    for k in ("loss", "loss_ema", "lr"):
         live.log_metric(f"train/{k}", record[k])
     live.next_step()
 
@@ -292,59 +284,59 @@ def run_fingerprint(vlm_p, pin_p, train_p, grid: int, composed_dir: str | Path, 
 
 
 def write_train_metrics(path: Path, result: TrainResult, extra: dict) -> None:
+    """The results only: the timings go to :func:`pin.io.record_timing` (a rerun must leave this
+    committed file unchanged)."""
     atomic_write_json(path, {
         "steps": result.steps,
         "final_loss": None if math.isnan(result.final_loss) else round(result.final_loss, 4),
         "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
-        "samples_per_s": round(result.samples_per_s, 1),
         "trainable_params": result.trainable_params,
-        "seconds": round(result.seconds, 1),
         **extra,
     })
 
 
-def run_train(vlm_p, pin_p, train_p, grid: int, method: str = "pin", baselines_p=None,
+def run_train(train_p, vlm: FrozenVLM, method: Method, grid: int, *, fingerprint: str = "",
               composed_dir: str = "data/composed", out_dir: str = "models/pin",
-              metrics_path: str = "metrics/train.json", live_dir: str = "metrics/train_live") -> str:
-    """The train stage: load the frozen VLM, train the chosen method (PIN by default), save it
-    and its metrics. A method that trains nothing (raw, random, incontext) is saved as its config,
-    with zero trainable parameters and no training curve."""
+              metrics_path: str = "metrics/train.json", live_dir: str = "metrics/train_live",
+              timing_path: str | None = "metrics/timing.json") -> str:
+    """The train stage on built components (``stages/train.py`` builds them from params): train
+    ``method`` (fresh, seeded) on the frozen ``vlm`` to answer boxes on the ``grid``, save it with
+    its grid, and write its metrics. A method that trains nothing (raw, random, incontext) is
+    saved as its config, with zero trainable parameters and no training curve. ``fingerprint``:
+    what a checkpoint must match to be resumed from (:func:`run_fingerprint`)."""
     import shutil
 
     from dvclive import Live
 
-    from pin.composed import read_split
-    from pin.methods import build_method
-    from pin.params import BaselinesParams
-    from pin.vlm.registry import load_vlm
+    from pin.composed import read_split_records
 
-    vlm = load_vlm(vlm_p)
     codec = BoxCodec(grid)
-    torch.manual_seed(train_p.seed)
-    trained = build_method(method, vlm, pin_p, baselines_p or BaselinesParams())
-    extra = {"method": method, "vlm": vlm.name, **({"insert_layers": pin_p.layers} if method == "pin" else {})}
-    if not trained.trains:
-        trained.save_pretrained(out_dir)
+    extra = {"method": method.name, "vlm": vlm.name,
+             **({"insert_layers": method.config()["layers"]} if method.name == "pin" else {})}
+    if not method.trains:
+        method.save_pretrained(out_dir, grid=grid)
         with Live(live_dir, save_dvc_exp=False, dvcyaml=False):
             pass  # an empty summary: the stage declares these outputs for every method
         (Path(live_dir) / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
         write_train_metrics(Path(metrics_path), TrainResult(0, math.nan, None, 0.0, 0, 0.0),
                             {**extra, "n_train_images": 0})
-        return f"method {method} trains nothing; evaluated as it is"
+        return f"method {method.name} trains nothing; evaluated as it is"
 
-    train_images = read_split(Path(composed_dir) / "train", limit=train_p.max_images)
-    val_images = read_split(Path(composed_dir) / "val", limit=512)
+    train_images = read_split_records(Path(composed_dir) / "train", limit=train_p.max_images)
+    val_images = read_split_records(Path(composed_dir) / "val", limit=512)
     ckpt_dir = Path(out_dir).with_name(Path(out_dir).name + "_checkpoints")
-    fp = run_fingerprint(vlm_p, pin_p, train_p, grid, composed_dir, method, baselines_p)
     # a fresh log each start; a resumed run first replays the history saved in its checkpoint
     with Live(live_dir, save_dvc_exp=False, dvcyaml=False, resume=False) as live:
-        result = train_method(vlm, trained, train_images, codec, steps=train_p.steps, batch_size=train_p.batch_size,
+        result = train_method(vlm, method, train_images, codec, steps=train_p.steps, batch_size=train_p.batch_size,
                               lr=train_p.lr, seed=train_p.seed, checkpoint_dir=ckpt_dir,
                               checkpoint_every=train_p.checkpoint_every, log_every=train_p.log_every,
-                              val_images=val_images, live=live, fingerprint=fp,
+                              val_images=val_images, live=live, fingerprint=fingerprint,
                               cache_features=train_p.cache_features)
-    trained.save_pretrained(out_dir)
+    method.save_pretrained(out_dir, grid=grid)
     write_train_metrics(Path(metrics_path), result, {**extra, "n_train_images": len(train_images)})
+    if timing_path is not None:
+        record_timing(timing_path, "train", {"seconds": round(result.seconds, 3),
+                                            "samples_per_s": round(result.samples_per_s, 1)})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return (f"{method}: {result.trainable_params:,} trainable params, {result.steps} steps, loss "
+    return (f"{method.name}: {result.trainable_params:,} trainable params, {result.steps} steps, loss "
             f"{result.final_loss:.4f} (val {result.val_loss:.4f}), {result.samples_per_s:.0f} samples/s")

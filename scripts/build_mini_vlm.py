@@ -11,8 +11,9 @@ than a 2-core CPU affords in the offline budget; on one GPU it takes minutes.
         -S vision_steps=4000 -S lm_steps=8000 -S lm_batch_size=256 -S slot=anywhere --device cuda --workers 4
     # (without --pack it reads data/composed directly)
 
-The params actually used, the device, the timings and the recognition report are stored in
-assets/mini_vlm/mini_vlm.json ("meta.pretrain_metrics") and printed.
+The params actually used, the device and the recognition report are stored in
+assets/mini_vlm/mini_vlm.json ("meta.pretrain_metrics") and printed; the timings are only
+printed (no model file holds a wall-clock value).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pin.composed import ComposedImage, read_split  # noqa: E402
+from pin.composed import ComposedImage, read_split_records  # noqa: E402
 from pin.params import parse_section  # noqa: E402
 from pin.vlm.pretrain import pixels_uint8, pretrain_mini  # noqa: E402
 
@@ -61,8 +62,8 @@ def _strip(images: list[ComposedImage]) -> list[ComposedImage]:
 
 def pack(args) -> None:
     p = parse_section("pretrain", _pretrain_raw(args.params))
-    images = read_split(Path(args.composed) / "pretrain", limit=p.max_images)
-    probe = read_split(Path(args.composed) / "heldout", limit=256)
+    images = read_split_records(Path(args.composed) / "pretrain", limit=p.max_images)
+    probe = read_split_records(Path(args.composed) / "heldout", limit=256)
     blob = {"image_size": p.image_size, "images": _strip(images), "probe": _strip(probe),
             "u8": _webp(pixels_uint8(p.image_size, images)), "probe_u8": _webp(pixels_uint8(p.image_size, probe))}
     out = Path(args.out)
@@ -100,8 +101,8 @@ def train(args) -> None:
             raise SystemExit(f"{args.pack}: packed at {blob['image_size']} px, pretrain.image_size={p.image_size}")
         images, probe, pixels = blob["images"], blob["probe"], (_unwebp(blob["u8"]), _unwebp(blob["probe_u8"]))
     else:
-        images = read_split(Path(args.composed) / "pretrain", limit=p.max_images)
-        probe = read_split(Path(args.composed) / "heldout", limit=256)
+        images = read_split_records(Path(args.composed) / "pretrain", limit=p.max_images)
+        probe = read_split_records(Path(args.composed) / "heldout", limit=256)
         pixels = None
     out = Path(args.out)
     t0 = time.perf_counter()

@@ -18,17 +18,12 @@ What it does, in a scratch folder (``--workdir``, a temporary one by default):
    (outputs deleted; the next try runs with ``--no-run-cache`` and kills sooner) so that it
    starts again. Then one uninterrupted ``dvc repro <target>`` finishes the pipeline;
 4. compares the sha256 of every output file (data/, models/, metrics/) and of dvc.lock's output
-   hashes between ``ref`` and ``kill``, after removing the fields that measure time (below), and
-   checks that no temporary file and no checkpoint is left and ``dvc status`` is clean.
+   hashes between ``ref`` and ``kill``, byte for byte (wall-clock timings live only in the
+   uncommitted metrics/timing.json, which is not compared), and checks that no temporary file and no checkpoint is left and ``dvc status`` is clean.
 
 Every python process (dvc and the stages) runs with a guard that refuses IPv4/IPv6 connections
 and DNS lookups and logs each attempt: the report says how many there were (0 = the offline
 default opens no network connection, DVC included).
-
-Fields that legitimately differ between two runs (wall-clock measurements, nothing else):
-``seconds`` and ``samples_per_s`` in any metrics JSON (metrics/train.json, metrics/pretrain.json,
-metrics/train_live/metrics.json), the values of metrics/train_live/plots/metrics/train/
-samples_per_s.tsv (its steps are compared), and the dvc.lock hashes of those metrics files.
 
 Exit status 0 when every hash matches and the checks pass, 1 otherwise.
 """
@@ -72,11 +67,9 @@ PROFILE = {
     "train": {"steps": 200, "batch_size": 8, "checkpoint_every": 10, "log_every": 2},
     "eval": {"max_queries": 16, "batch_size": 8, "random_draws": 2, "gallery_size": 4},
 }
-# wall-clock fields: the only ones allowed to differ between two runs
-TIMING_KEYS = {"seconds", "samples_per_s"}
-TIMING_TSV = {"metrics/train_live/plots/metrics/train/samples_per_s.tsv"}
-TIMING_OUTS = {"metrics/train.json", "metrics/pretrain.json", "metrics/train_live/metrics.json",
-               "metrics/train_live/plots/metrics"}
+# Wall-clock measurements live in metrics/timing.json only (uncommitted, no DVC output): the one
+# file allowed to differ between two runs. Everything else must match byte for byte.
+TIMING_FILE = "metrics/timing.json"
 
 GUARD = '''
 import os, socket
@@ -245,35 +238,18 @@ def reset_stage(repo: Path, stage: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # hashes
 # ------------------------------------------------------------------------------------------------
-def _drop_timing(obj):
-    if isinstance(obj, dict):
-        return {k: _drop_timing(v) for k, v in obj.items() if k not in TIMING_KEYS and k.split("/")[-1] not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [_drop_timing(v) for v in obj]
-    return obj
-
-
-def normalised_bytes(repo: Path, rel: str) -> bytes:
-    data = (repo / rel).read_bytes()
-    if rel in TIMING_TSV:  # keep the step column only
-        return "\n".join(line.split("\t")[0] for line in data.decode().splitlines()).encode()
-    if rel.startswith("metrics/") and rel.endswith(".json"):
-        return json.dumps(_drop_timing(json.loads(data)), sort_keys=True).encode()
-    return data
-
-
 def output_hashes(repo: Path) -> dict[str, str]:
     out = {}
     for top in OUTPUT_DIRS:
         for p in sorted((repo / top).rglob("*")):
             if p.is_file():
                 rel = p.relative_to(repo).as_posix()
-                out[rel] = hashlib.sha256(normalised_bytes(repo, rel)).hexdigest()
+                if rel != TIMING_FILE:
+                    out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     for name, st in sorted(lock.get("stages", {}).items()):
         for o in st.get("outs", []):
-            if o["path"] not in TIMING_OUTS:
-                out[f"dvc.lock:{name}:{o['path']}"] = o.get("md5", "")
+            out[f"dvc.lock:{name}:{o['path']}"] = o.get("md5", "")
     return out
 
 

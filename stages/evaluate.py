@@ -1,5 +1,5 @@
 """DVC stage `evaluate@<dataset>`: the trained method (params `method`, PIN by default) vs raw /
-random / constant on one dataset.
+random / constant on one dataset (pin.eval.run).
 
     python stages/evaluate.py synthetic
 Writes metrics/eval/<dataset>.json, data/predictions/<dataset>.parquet and pictures in metrics/plots.
@@ -16,8 +16,8 @@ METHOD_DIR = "models/pin"  # the train stage's output: whichever method it train
 
 
 def main() -> str:
-    from pin.evaluate import run_evaluate
-    from pin.methods import load_method
+    from pin.eval.run import run_evaluate
+    from pin.methods import METHODS, load_method
     from pin.vlm.registry import load_vlm
 
     if len(sys.argv) != 2:
@@ -25,7 +25,7 @@ def main() -> str:
     raw = params.load_yaml()
     eval_p = params.parse_section("eval", raw.get("eval"))
     grid = params.parse_section("compose", raw.get("compose")).grid
-    wanted = params.parse_method(raw)
+    wanted = params.parse_method(raw, METHODS)
     vlm = load_vlm(params.parse_section("vlm", raw.get("vlm")))
     method = load_method(METHOD_DIR, vlm).to(vlm.device)
     if method.name != wanted:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pin import params
 from pin.stage import run_stage
-from pin.synth.generate import generate
+from pin.synth.generate import run_generate
 
 
 def main() -> str:
-    return generate(params.load("generate"), "data/objects").summary()
+    return run_generate(params.load("generate"), "data/objects").summary()
 
 
 if __name__ == "__main__":

@@ -3,20 +3,33 @@ PIN by default, on the frozen VLM.
 
     python stages/train.py                 # CPU or one GPU
     accelerate launch stages/train.py      # several GPUs, same result
+
+Here params become components (the VLM, a fresh seeded method); :func:`pin.train.run_train`
+trains what it is given, as :func:`pin.eval.run.run_evaluate` evaluates what it is given.
 """
 from __future__ import annotations
 
 from pin import params
 from pin.stage import run_stage
-from pin.train import run_train
 
 
 def main() -> str:
+    import torch
+
+    from pin.methods import METHODS, build_method
+    from pin.train import run_fingerprint, run_train
+    from pin.vlm.registry import load_vlm
+
     raw = params.load_yaml()
+    method = params.parse_method(raw, METHODS)
     grid = params.parse_section("compose", raw.get("compose")).grid
-    return run_train(params.parse_section("vlm", raw.get("vlm")), params.parse_section("pin", raw.get("pin")),
-                     params.parse_section("train", raw.get("train")), grid, method=params.parse_method(raw),
-                     baselines_p=params.parse_section("baselines", raw.get("baselines")))
+    vlm_p, pin_p, train_p, baselines_p = (params.parse_section(s, raw.get(s)) for s in ("vlm", "pin", "train",
+                                                                                        "baselines"))
+    vlm = load_vlm(vlm_p)
+    torch.manual_seed(train_p.seed)  # the method's initial weights
+    trained = build_method(method, vlm, pin_p, baselines_p)
+    fp = run_fingerprint(vlm_p, pin_p, train_p, grid, "data/composed", method, baselines_p)
+    return run_train(train_p, vlm, trained, grid, fingerprint=fp)
 
 
 if __name__ == "__main__":

@@ -245,3 +245,40 @@ def test_console_script_is_declared_and_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "pin.cli", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "locate" in out.stdout and "info" in out.stdout
+
+
+# ----------------------------------------------------------------------------- words and grids
+def test_locate_warns_about_query_words_the_mini_vlm_never_saw(models, photo, tmp_path, monkeypatch):
+    monkeypatch.setattr(OpenFlamingoAdapter, "generate", lambda self, *a, **k: [" [56,0,224,112]"])
+    out = str(tmp_path / "o.png")
+    res = runner.invoke(app, ["locate", str(photo), "a cat", "-o", out, *_args(models)])
+    assert res.exit_code == 0, res.output
+    assert "warning: the mini VLM has never seen the word 'cat'" in res.output
+    assert f"pin info {models / 'mini_vlm'}" in res.output  # where the known categories are listed
+    res = runner.invoke(app, ["locate", str(photo), "a dog", "-o", out, *_args(models)])
+    assert "never seen" not in res.output
+    got = json.loads(runner.invoke(app, ["locate", str(photo), "cat", "--json", "-o", out, *_args(models)]).output)
+    assert any("'cat'" in w for w in got["warnings"])
+
+
+def test_locate_takes_the_grid_recorded_with_the_insert(models, photo, tmp_path, monkeypatch):
+    monkeypatch.setattr(OpenFlamingoAdapter, "generate", lambda self, *a, **k: [" [56,0,224,112]"])
+    module = PositionalInsert.from_pretrained(models / "pin")
+    module.save_pretrained(tmp_path / "pin4", grid=4)
+    args = ["--vlm-path", str(models / "mini_vlm"), "--params", str(tmp_path / "none.yaml"), "-o",
+            str(tmp_path / "o.png"), "--json"]
+    got = json.loads(runner.invoke(app, ["locate", str(photo), "dog", "--insert", str(tmp_path / "pin4"),
+                                         *args]).output)
+    assert got["grid"] == 4 and "warnings" not in got
+    given = runner.invoke(app, ["locate", str(photo), "dog", "--insert", str(tmp_path / "pin4"), "--grid", "2", *args])
+    assert json.loads(given.output)["grid"] == 2  # --grid still wins
+    # an insert saved before the grid was recorded: the old fallback, said out loud
+    old = json.loads(runner.invoke(app, ["locate", str(photo), "dog", "--insert", str(models / "pin"), *args]).output)
+    assert old["grid"] == 8 and "records no box grid" in old["warnings"][0]
+
+
+def test_info_lists_the_categories_a_mini_vlm_knows(tmp_path):
+    flamingo, _, tok = build_mini_flamingo(TINY, ["dog", "cup"])
+    save_mini(tmp_path / "mini_vlm", flamingo, tok, TINY, meta={"vocabulary": ["cup", "dog"]})
+    res = runner.invoke(app, ["info", str(tmp_path / "mini_vlm")])
+    assert res.exit_code == 0 and "knows 2 categories: cup, dog" in res.output

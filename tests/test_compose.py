@@ -1,6 +1,7 @@
 """Composition function C (property tests) and the compose stage (shards, COCO, determinism, resume)."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -17,13 +18,19 @@ from PIL import Image, ImageDraw
 from pin.errors import PinError
 from pin.params import ComposeParams
 from pin.synth import shards as sh
-from pin.synth.compose import (
-    check_config, covered_fraction, image_seed, layout, occlusion, readable, referrals, render,
-    run_compose, sample_count, snap_size, to_pixels,
+from pin.categories import query_name
+from pin.synth.compose import image_seed, run_compose, worker_args
+from pin.synth.layout import (
+    covered_fraction, layout, occlusion, referrals, render, sample_count, snap_size, to_pixels,
 )
 from pin.synth.filter import write_manifest, write_object_fixture
 
 EPS = 1e-9
+
+
+def _decode(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,7 +44,7 @@ def compose_params(draw) -> ComposeParams:
     a_max = draw(st.integers(1, 4))
     s_min, s_max = [], []
     for _ in range(a_max):
-        # a range that contains at least one multiple of 1/grid (check_config's requirement)
+        # a range that contains at least one multiple of 1/grid (ComposeParams' requirement)
         L = draw(st.integers(1, grid))
         lo = max(1e-3, (L - draw(st.floats(0, 0.99))) / grid)
         hi = min(1.0, (L + draw(st.floats(0, 0.99))) / grid)
@@ -54,7 +61,6 @@ aspect = st.floats(-2.5, 2.5).map(lambda x: float(math.exp(x)))  # w/h from ~1:1
 @settings(max_examples=150, deadline=None)
 @given(p=compose_params(), aspects=st.lists(aspect, min_size=4, max_size=4), seed=st.integers(0, 2**32))
 def test_layout_respects_all_constraints(p, aspects, seed):
-    check_config(p)
     rng = np.random.default_rng(seed)
     n = sample_count(rng, p)
     assert 1 <= n <= p.a_max
@@ -134,10 +140,16 @@ def test_a_is_reduced_when_objects_cannot_fit():
     assert len(boxes) == 1 and max(boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]) >= 3
 
 
-def test_check_config_names_the_params():
-    p = ComposeParams(image_size=64, grid=4, a_max=2, s_min=[0.3, 0.1], s_max=[1.0, 0.2])
-    with pytest.raises(PinError, match=r"compose\.s_min\[1\]"):
-        check_config(p)
+def test_size_bounds_without_a_whole_cell_are_refused_by_the_params():
+    from pin.params import ParamsError, parse_section
+
+    # s_min[1] .. s_max[1] = 0.1 .. 0.2 of a 4-cell side holds no whole cell (0.4 .. 0.8)
+    with pytest.raises(ParamsError, match=r"compose\.s_min\[1\]: compose\.s_min\[1\]=0\.1 \.\. "
+                                          r"compose\.s_max\[1\]=0\.2 contains no multiple of 1/grid"):
+        parse_section("compose", {"image_size": 64, "grid": 4, "a_max": 2, "s_min": [0.3, 0.1],
+                                  "s_max": [1.0, 0.2]})
+    ok = ComposeParams(image_size=64, grid=4, a_max=2, s_min=[0.3, 0.2], s_max=[1.0, 0.3])
+    assert ok.long_side_cells(1) == (2, 4) and ok.long_side_cells(2) == (1, 1)
 
 
 def test_referrals():
@@ -181,7 +193,7 @@ def objects(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def small(**kw) -> ComposeParams:
-    base = dict(image_size=64, grid=8, n_train=9, n_val=3, n_heldout=5, shard_size=4, workers=1)
+    base = dict(image_size=64, grid=8, n_train=9, n_val=3, n_heldout=5, n_pretrain=0, shard_size=4, workers=1)
     return ComposeParams(**{**base, **kw})
 
 
@@ -209,7 +221,7 @@ def test_stage_outputs_records_metrics_and_coco(objects, tmp_path):
         for _, rec in df.iterrows():
             assert 1 <= len(rec["objects"]) <= p.a_max
             assert (rec["width"], rec["height"], rec["format"]) == (64, 64, "jpeg")
-            assert sh.decode_image(rec["image"]).size == (64, 64)
+            assert _decode(rec["image"]).size == (64, 64)
             assert rec["background"].split(":")[0] in ("skimage", "texture")
             used = [o["category"] for o in rec["objects"]]
             assert set(used) <= (cats or {"red_ball", "box", "cone"})
@@ -274,7 +286,7 @@ def test_png_format_and_no_referrals(objects, tmp_path):
         assert rec["format"] == "png" and rec["image"][:4] == b"\x89PNG"
         cats = [o["category"] for o in rec["objects"]]
         assert len(set(cats)) == len(cats)  # distinct categories when referrals are off
-        assert [o["referral"] for o in rec["objects"]] == [readable(c) for c in cats]
+        assert [o["referral"] for o in rec["objects"]] == [query_name(c) for c in cats]
     assert not list((out / "val").glob("part-*")) and json.loads(
         (out / "heldout/annotations.json").read_text())["images"] == []
 
@@ -285,7 +297,10 @@ def test_background_folder(objects, tmp_path):
     Image.new("RGB", (80, 50), (10, 200, 30)).save(bg / "sub" / "green.jpg")
     (bg / "broken.png").write_bytes(b"not an image at all")
     out = tmp_path / "c"
-    result = _compose(objects, out, small(backgrounds=str(bg), n_val=0, n_heldout=0, n_train=4))
+    # 1 of 2 files unreadable: over the default compose.max_corrupt, for library callers too
+    with pytest.raises(PinError, match=r"1/2 images are unreadable \(> compose\.max_corrupt=0\.1\)"):
+        _compose(objects, out, small(backgrounds=str(bg), n_val=0, n_heldout=0, n_train=4))
+    result = _compose(objects, out, small(backgrounds=str(bg), n_val=0, n_heldout=0, n_train=4, max_corrupt=0.5))
     assert result["backgrounds"]["images"] == 1 and result["backgrounds"]["skipped_unreadable"] == 1
     assert {r["background"] for r in sh.iter_records(out / "train")} == {"file:sub/green.jpg"}
 
@@ -297,6 +312,24 @@ def test_background_folder(objects, tmp_path):
         _compose(objects, tmp_path / "d", small(backgrounds=str(empty)))
 
 
+def test_workers_get_every_param(objects):
+    """A pool worker is started with the params themselves: a model_dump() would drop the
+    exclude=True fields (max_corrupt) and the worker would run with their defaults."""
+    import pickle
+
+    from pin.synth import compose
+    from pin.synth.backgrounds import scan_backgrounds
+
+    p = small(max_corrupt=0.5, workers=2)
+    pools, _ = compose.load_pools(objects[1])
+    args = pickle.loads(pickle.dumps(worker_args(p, objects[0], pools, scan_backgrounds("builtin"))))
+    compose._init_worker(*args)
+    try:
+        assert compose._WORKER is not None and compose._WORKER.p == p and compose._WORKER.p.max_corrupt == 0.5
+    finally:
+        compose._reset_worker()
+
+
 def test_white_backgrounds(objects, tmp_path):
     """compose.backgrounds=white (paper Tab. 6 (a)): every pixel outside the pasted objects is white."""
     out = tmp_path / "w"
@@ -304,7 +337,7 @@ def test_white_backgrounds(objects, tmp_path):
     assert result["backgrounds"] == {"kind": "white"}
     for rec in sh.iter_records(out / "train"):
         assert rec["background"] == "white"
-        pixels = np.asarray(sh.decode_image(rec["image"]).convert("RGB"))
+        pixels = np.asarray(_decode(rec["image"]).convert("RGB"))
         outside = np.ones(pixels.shape[:2], dtype=bool)
         for o in rec["objects"]:
             x1, y1, x2, y2 = o["box"]

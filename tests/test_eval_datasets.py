@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pin.errors import PinError
-from pin.eval.datasets import Query, from_frame, load_queries, to_frame
+from pin.eval.datasets import load_queries
+from pin.eval.query import Query, from_frame, to_frame
 from pin.params import EvalParams, parse_section
 
 N_EXAMPLES = int(os.environ.get("PIN_HYPOTHESIS_N", 0))  # raise it for a longer fuzzing run
@@ -154,6 +155,19 @@ def test_pvoc(tmp_path):
     assert [q.text for q in qs] == ["dining table"]
     assert qs[0].gt_box == (0.0, 0.0, 20.0, 20.0) and qs[0].image_id == "000001"
     assert stats["n_difficult_skipped"] == 1 and stats["n_images_too_many"] == 1
+
+
+def test_pvoc_queries_say_what_pretraining_and_compose_say(tmp_path):
+    # one rule for category names (pin.categories.query_name): the mini VLM is pretrained and the
+    # composed images are captioned with the same words the VOC queries use
+    from pin.categories import load_set, query_name
+
+    classes = [c.name for c in load_set("pvoc")]
+    voc(tmp_path / "VOC2007", {f"{i:06d}": [(name, 0, (1, 1, 20, 20))] for i, name in enumerate(classes)})
+    qs, _ = load_queries("pvoc", cfg(pvoc={"root": str(tmp_path / "VOC2007")}))
+    said = {q.category_id: q.text for q in qs}
+    assert said == {name: query_name(name) for name in classes}
+    assert said["diningtable"] == "dining table" and said["tvmonitor"] == "tv monitor"
 
 
 def test_pvoc_malformed_xml(tmp_path):

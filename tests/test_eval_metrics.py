@@ -13,9 +13,9 @@ from pycocotools import mask as mask_utils
 
 from pin.eval.baselines import (constant_baseline, constant_box, grid_boxes, mean_iou_against,
                                 random_baseline, random_boxes)
-from pin.eval.datasets import Query
 from pin.eval.metrics import (as_boxes, iou, iou_matrix, mean_std, prediction_rows, score, size_bucket,
                               write_metrics, write_predictions)
+from pin.eval.query import Query
 
 
 def boxes(rng, n):

@@ -21,7 +21,8 @@ from PIL import Image
 
 from pin.boxes import BoxCodec
 from pin.errors import PinError
-from pin.eval.datasets import Query, load_queries
+from pin.eval.datasets import load_queries
+from pin.eval.query import Query
 from pin.params import parse_section
 
 N = int(os.environ.get("PIN_HYPOTHESIS_N", 0))

@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 from pin.errors import PinError
 from pin.params import GenerateParams
 from pin.synth.foreground import threshold_foreground
-from pin.synth.generate import (MANIFEST, MANIFEST_COLUMNS, Rendered, generate, sample_seed)
+from pin.synth.backend import Rendered
+from pin.synth.generate import MANIFEST, MANIFEST_COLUMNS, run_generate, sample_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(max_categories=2, per_category=3, image_size=64)
@@ -26,7 +27,7 @@ def _pngs(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def moji_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("moji") / "objects"
-    result = generate(GenerateParams(**SMALL), out, progress=False)
+    result = run_generate(GenerateParams(**SMALL), out, progress=False)
     return out, result
 
 
@@ -54,7 +55,7 @@ def test_openmoji_end_to_end(moji_run):
 
 def test_deterministic(moji_run, tmp_path):
     out, _ = moji_run
-    generate(GenerateParams(**SMALL), tmp_path / "again", progress=False)
+    run_generate(GenerateParams(**SMALL), tmp_path / "again", progress=False)
     assert _pngs(tmp_path / "again") == _pngs(out)
     a = pd.read_parquet(out / MANIFEST)
     b = pd.read_parquet(tmp_path / "again" / MANIFEST)
@@ -64,18 +65,18 @@ def test_deterministic(moji_run, tmp_path):
 def test_resume_and_config_change(moji_run, tmp_path):
     ref, _ = moji_run
     out = tmp_path / "objects"
-    generate(GenerateParams(**SMALL), out, progress=False)
+    run_generate(GenerateParams(**SMALL), out, progress=False)
     victim = sorted(out.rglob("*.png"))[4]
     victim.unlink()
     (out / MANIFEST).unlink()
-    r = generate(GenerateParams(**SMALL), out, progress=False)
+    r = run_generate(GenerateParams(**SMALL), out, progress=False)
     assert (r.made, r.reused) == (1, 11)
     assert _pngs(out) == _pngs(ref)
     assert len(pd.read_parquet(out / MANIFEST)) == 12
 
     # other params: the old pictures are discarded, never mixed in
     (out / "images" / "stray.png").write_bytes(b"x")
-    r = generate(GenerateParams(**{**SMALL, "seed": 1}), out, progress=False)
+    r = run_generate(GenerateParams(**{**SMALL, "seed": 1}), out, progress=False)
     assert (r.made, r.reused) == (12, 0)
     assert not (out / "images" / "stray.png").exists()
     assert _pngs(out).keys() == _pngs(ref).keys() and _pngs(out) != _pngs(ref)
@@ -108,9 +109,9 @@ def test_processes_split_categories(moji_run, tmp_path):
     seen = {}
 
     def second_process():  # runs once the main process has prepared the folder
-        seen["r1"] = generate(params, out, progress=False, state=_FakeState(1, 2))
+        seen["r1"] = run_generate(params, out, progress=False, state=_FakeState(1, 2))
 
-    r0 = generate(params, out, progress=False, state=_FakeState(0, 2, on_wait=second_process))
+    r0 = run_generate(params, out, progress=False, state=_FakeState(0, 2, on_wait=second_process))
     assert seen["r1"].made == 6 and seen["r1"].manifest is None  # only the main process writes it
     assert r0.images == 12
     assert _pngs(out) == _pngs(ref)
@@ -125,7 +126,7 @@ def test_nothing_to_make(tmp_path):
             return False
 
     with pytest.raises(PinError, match="no category"):
-        generate(GenerateParams(**SMALL), tmp_path / "o", backend=NoneCovered(), progress=False)
+        run_generate(GenerateParams(**SMALL), tmp_path / "o", backend=NoneCovered(), progress=False)
 
 
 def test_stage_entry_point(tmp_path, monkeypatch, capsys):
@@ -227,10 +228,11 @@ def test_diffusers_backend_end_to_end(tiny_pipe, tmp_path):
     params = GenerateParams(**DIFF)
     gen = DiffusersGenerator(params, pipe=tiny_pipe, foreground=_accept_centre)
     out = tmp_path / "objects"
-    r = generate(params, out, backend=gen, progress=False)
+    r = run_generate(params, out, backend=gen, progress=False)
     df = pd.read_parquet(out / MANIFEST)
     assert r.made == 6 and len(df) == 6 and r.categories == {"heldout": 2}
-    assert df["prompt"].tolist()[:3] == ["a photo of a single aeroplane, white background"] * 3
+    # VOC "aeroplane" is prompted as captions say it (pin.categories.query_name)
+    assert df["prompt"].tolist()[:3] == ["a photo of a single airplane, white background"] * 3
     assert (df["backend"] == "diffusers").all()
     assert (df[["width", "height"]] == 8).all().all() and np.allclose(df["mask_area_frac"], 0.25)
     for p in df["path"]:
@@ -241,7 +243,7 @@ def test_diffusers_backend_end_to_end(tiny_pipe, tmp_path):
     # resume: a missing picture is remade in its original batch, so its bytes are the same
     victim = out / df["path"].iloc[1]
     victim.unlink()
-    r = generate(params, out, backend=gen, progress=False)
+    r = run_generate(params, out, backend=gen, progress=False)
     assert (r.made, r.reused) == (1, 5) and _pngs(out) == before
 
 
@@ -256,10 +258,10 @@ def test_diffusers_rejected_pictures_are_counted(tiny_pipe, tmp_path):
 
     params = GenerateParams(**{**DIFF, "max_categories": 1, "per_category": 2})
     gen = DiffusersGenerator(params, pipe=tiny_pipe, foreground=reject)
-    r = generate(params, tmp_path / "o", backend=gen, progress=False)
+    r = run_generate(params, tmp_path / "o", backend=gen, progress=False)
     assert (r.images, r.skipped, len(calls)) == (0, 2, 2)
     assert "2 rejected by the foreground extractor" in r.summary()
-    r = generate(params, tmp_path / "o", backend=gen, progress=False)  # not retried on resume
+    r = run_generate(params, tmp_path / "o", backend=gen, progress=False)  # not retried on resume
     assert (r.skipped, r.reused, len(calls)) == (2, 2, 2)
 
 

@@ -112,6 +112,10 @@ def test_save_and_load_round_trip(tmp_path, table, layout):
     loaded = PositionalInsert.from_pretrained(tmp_path / "pin")
     assert loaded.config == insert.config
     assert torch.equal(loaded(), insert())
+    assert "grid" not in json.loads((tmp_path / "pin" / "config.json").read_text())
+    insert.save_pretrained(tmp_path / "pin", grid=14)  # the box grid it answers on, kept with it
+    assert json.loads((tmp_path / "pin" / "config.json").read_text())["grid"] == 14
+    assert PositionalInsert.from_pretrained(tmp_path / "pin").config == insert.config
 
 
 def test_from_pretrained_errors(tmp_path):

@@ -224,11 +224,12 @@ def test_load_errors(tmp_path):
 
 
 def test_method_params_name_their_keys():
-    assert set(params.METHOD_NAMES) == set(METHODS)
-    assert params.parse_method({}) == "pin"
-    assert params.parse_method({"method": "lora_vision"}) == "lora_vision"
-    with pytest.raises(ParamsError, match=r"^method: .*got 'vpt'"):
-        params.parse_method({"method": "vpt"})
+    assert params.parse_method({}, METHODS) == "pin"
+    assert params.parse_method({"method": "lora_vision"}, METHODS) == "lora_vision"
+    with pytest.raises(ParamsError, match=r"^method: must be one of pin, .*got 'vpt'"):
+        params.parse_method({"method": "vpt"}, METHODS)
+    with pytest.raises(ParamsError, match=r"^method: .*got \['pin'\]"):
+        params.parse_method({"method": ["pin"]}, METHODS)
     with pytest.raises(ParamsError, match=r"baselines\.incontext_shots"):
         params.parse_section("baselines", {"incontext_shots": [2, 0]})
     with pytest.raises(ParamsError, match=r"baselines\.lora_r"):
@@ -237,4 +238,37 @@ def test_method_params_name_their_keys():
         params.parse_section("baselines", {"vpt_token": 10})
     with pytest.raises(ParamsError, match=r"vlm\.image_size"):
         params.parse_section("vlm", {"image_size": 2})
-    assert params.parse_method(params.load_yaml("params.yaml")) == "pin"  # the committed default
+    assert params.parse_method(params.load_yaml("params.yaml"), METHODS) == "pin"  # the committed default
+
+
+def test_every_method_is_built_from_params_by_its_own_class():
+    # one registry, one from_params per class: the sizes in params reach the built method
+    vlm = fresh_vlm()
+    pin_p = InsertParams(layers=1, hidden=[8])
+    base_p = BaselinesParams(vpt_tokens=4, coop_tokens=2, lora_r=2, lora_alpha=3, incontext_shots=[1, 3],
+                             incontext_repeats=2)
+    want = {"pin": {"layers": 1, "hidden": [8]}, "vpt_fusion": {"tokens": 4}, "vpt_vision": {"tokens": 4},
+            "coop_llm": {"tokens": 2}, "lora_vision": {"r": 2, "alpha": 3}, "incontext": {"shots": [1, 3], "repeats": 2},
+            "raw": {}, "random": {}}
+    assert set(want) == set(METHODS)
+    for name, cls in METHODS.items():
+        assert cls.name == name
+        assert "from_params" in vars(cls) or not want[name], f"{name} has sizes but no from_params of its own"
+        method = build_method(name, fresh_vlm() if name == "lora_vision" else vlm, pin_p, base_p)
+        assert type(method) is cls
+        got = method.config()
+        assert {k: got[k] for k in want[name]} == want[name], name
+    with pytest.raises(PinError, match=r"method: unknown method 'vpt'"):
+        build_method("vpt", vlm, pin_p, base_p)
+
+
+def test_saved_grid_is_read_back(tmp_path):
+    from pin.methods import saved_grid
+
+    vlm = fresh_vlm()
+    build("coop_llm", vlm).save_pretrained(tmp_path / "coop", grid=14)
+    build("pin", vlm).save_pretrained(tmp_path / "pin", grid=8)
+    build("pin", vlm).save_pretrained(tmp_path / "old")  # as saved before grids were recorded
+    assert (saved_grid(tmp_path / "coop"), saved_grid(tmp_path / "pin"), saved_grid(tmp_path / "old")) == (14, 8, None)
+    assert saved_grid(tmp_path / "nowhere") is None
+    assert load_method(tmp_path / "pin", vlm).name == "pin"  # the extra key does not disturb loading

@@ -204,3 +204,44 @@ def test_missing_or_broken_mini(tmp_path, saved):
     (broken / "mini_vlm.json").write_text(json.dumps(info))
     with pytest.raises(PinError, match="does not match"):
         load_mini(broken)
+
+
+# ----------------------------------------------------------------------------- unknown query words
+def test_unknown_words_are_the_ones_read_as_unk(saved, loaded):
+    from pin.vlm.tokenizer import UNK
+
+    tok = saved[3]
+    # saved without meta.vocabulary: the tokenizer's own words count as known
+    assert loaded.unknown_words(["Traffic light", "a red car", "Crème brûlée"]) == []
+    assert loaded.unknown_words(["cat", "a fluffy Cat on a car", "dog"]) == ["cat", "fluffy"]
+    # exactly the words the tokenizer turns into <unk>
+    ids = tok("fluffy cat car", add_special_tokens=False)["input_ids"]
+    assert [tok.convert_ids_to_tokens(i) == UNK for i in ids] == [True, False, True, False, False]
+
+
+def test_mini_vlm_warns_once_naming_the_words_and_where_categories_are(saved, loaded):
+    assert loaded.vocabulary_warning(["dog", "traffic light"]) is None
+    one = loaded.vocabulary_warning(["cat"])
+    assert "'cat'" in one and "1 of 1 query" in one and "guesses" in one
+    assert f"pin info {saved[0]}" in one and str(saved[0] / mini.CONFIG_FILE) in one
+    # evaluate: one summary over all queries, each unknown word once
+    many = loaded.vocabulary_warning(["cat", "dog", "car", "a cat", "zebra"])
+    assert "'cat', 'zebra'" in many and "3 of 5 queries" in many
+
+
+def test_words_the_tokenizer_has_but_pretraining_never_used_are_unknown(tmp_path, saved):
+    # "purple" is one of the tokenizer's base words, but no pretraining text (category names and
+    # the fixed question words) ever held it: its embedding never learned anything
+    _, flamingo, _, tok, cfg = saved
+    save_mini(tmp_path / "m", flamingo, tok, cfg, meta={"vocabulary": ["dog", "red apple"]})
+    vlm = load_mini(tmp_path / "m")
+    assert vlm.categories == ["dog", "red apple"]
+    assert vlm.unknown_words(["a red apple", "dog", "is there a dog"]) == []
+    assert vlm.unknown_words(["a purple dog", "car", "cat"]) == ["car", "cat", "purple"]
+
+
+def test_other_vlms_know_every_word(loaded):
+    from pin.vlm.base import FrozenVLM
+
+    # a subword tokenizer spells any word: the base interface reports none unknown
+    assert FrozenVLM.vocabulary_warning(loaded, ["cat"]) is None and FrozenVLM.unknown_words(loaded, ["cat"]) == []

@@ -44,3 +44,49 @@ def test_load_reads_file(tmp_path):
         params.load("compose", p)
     with pytest.raises(ParamsError, match="not found"):
         params.load("compose", tmp_path / "nope.yaml")
+
+
+def _differences(code: params.Section, committed: dict, where: str) -> list[str]:
+    """Dotted keys whose code default is not the committed value, or that params.yaml leaves out."""
+    out = []
+    for key in type(code).model_fields:
+        value, at = getattr(code, key), f"{where}.{key}"
+        if key not in committed:
+            out.append(f"{at}: not in params.yaml (its value would live in the code)")
+        elif isinstance(value, params.Section):
+            out += _differences(value, committed[key] or {}, at)
+        elif value != committed[key]:
+            out.append(f"{at}: code default {value!r}, params.yaml {committed[key]!r}")
+    return out
+
+
+def test_code_defaults_are_the_committed_params():
+    # params.yaml is the one place the pipeline's values live: a library call that leaves a field
+    # out (TrainParams(steps=5)) gets what `dvc repro` runs, not another experiment.
+    raw = params.load_yaml("params.yaml")
+    diffs = []
+    for section, cls in params.SECTIONS.items():
+        diffs += _differences(cls(), raw[section], section)
+    assert raw.get("method") == "pin" == params.parse_method({}, ["pin"])
+    assert not diffs, "code defaults that differ from params.yaml:\n" + "\n".join(diffs)
+
+
+def test_the_difference_check_sees_a_changed_default():
+    raw = params.load_yaml("params.yaml")
+    changed = {**raw["train"], "steps": raw["train"]["steps"] + 1}
+    assert _differences(params.TrainParams(), changed, "train") == [
+        f"train.steps: code default {raw['train']['steps']}, params.yaml {raw['train']['steps'] + 1}"]
+    nested = {**raw["eval"], "paths": {**raw["eval"]["paths"], "synthetic": {"annotations": "x", "images": None}}}
+    assert len(_differences(params.EvalParams(), nested, "eval")) == 2
+
+
+def test_text_kinds_are_checked_where_they_are_defined():
+    # params checks the weights; pin.vlm.pretrain_text, which writes the texts, checks the kinds
+    from pin.errors import PinError
+    from pin.vlm.pretrain import text_recipe
+
+    p = params.parse_section("pretrain", {"text_mix": {"gossip": 1.0}})
+    with pytest.raises(PinError, match=r"pretrain\.text_mix: unknown text kinds \['gossip'\]"):
+        text_recipe(p)
+    with pytest.raises(ParamsError, match=r"pretrain\.text_mix: weights"):
+        params.parse_section("pretrain", {"text_mix": {"caption": -1.0}})

@@ -10,6 +10,7 @@ PIN_REQUIRE_BROWSER_TEST=1 (set by .ci/run) they fail instead, so CI cannot pass
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import os
 import re
 import shutil
@@ -20,9 +21,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pin.viz import plots_template as pt
-
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("build_plots_template", ROOT / "scripts" / "build_plots_template.py")
+pt = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = pt  # dataclasses look their module up by name
+_spec.loader.exec_module(pt)
 DVC = Path(sys.executable).parent / "dvc"
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 REQUIRED = os.environ.get("PIN_REQUIRE_BROWSER_TEST") == "1"

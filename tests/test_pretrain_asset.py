@@ -11,7 +11,7 @@ from pin.composed import ComposedImage, ComposedObject
 from pin.errors import PinError
 from pin.params import ParamsError, parse_section
 from pin.vlm.mini import MiniVLMConfig, build_mini_flamingo, load_mini, save_mini
-from pin.vlm.pretrain import install_asset
+from pin.vlm.pretrain_stage import install_asset
 
 torch.set_num_threads(1)
 
@@ -31,7 +31,8 @@ def image(i, names):
 def asset(tmp_path):
     flamingo, _, tok = build_mini_flamingo(SMALL, ["dog", "cup"])
     save_mini(tmp_path / "asset", flamingo, tok, SMALL,
-              meta={"vocabulary": ["cup", "dog"], "pretrain_metrics": {"n_parameters": 1, "device": "test"}})
+              meta={"vocabulary": ["cup", "dog"], "pretrain_metrics": {"n_parameters": 1, "device": "test",
+                                                                       "vision": {"steps": 5, "seconds": 56.5}}})
     return tmp_path / "asset"
 
 
@@ -49,6 +50,7 @@ def test_install_copies_weights_and_measures_recognition(tmp_path, asset):
     load_mini(installed)  # loads
     metrics = json.loads((tmp_path / "pretrain.json").read_text())
     assert metrics["source"].startswith("asset") and metrics["recognition_heldout"]["n_images"] == 1
+    assert metrics["vision"] == {"steps": 5}  # the asset build's wall-clock seconds stay out of the metrics
 
 
 def test_install_refuses_other_categories(tmp_path, asset):
@@ -67,8 +69,34 @@ def test_missing_asset_says_how_to_rebuild(tmp_path):
                       str(tmp_path / "m"), str(tmp_path / "p.json"))
 
 
-def test_text_mix_and_slot_validated_with_key():
-    with pytest.raises(ParamsError, match="text_mix"):
-        parse_section("pretrain", {"text_mix": {"gossip": 1.0}})
+def test_text_mix_and_slot_validated_with_key(tmp_path):
+    from pin.vlm.pretrain_stage import run_pretrain
+
+    # the kinds are pretrain_text's to know: the stage refuses before it reads a single image
+    with pytest.raises(PinError, match=r"pretrain\.text_mix: unknown text kinds \['gossip'\]"):
+        run_pretrain(parse_section("pretrain", {"text_mix": {"gossip": 1.0}}), composed_dir=str(tmp_path / "none"))
     with pytest.raises(ParamsError, match="slot"):
         parse_section("pretrain", {"slot": "centre"})
+
+
+def test_pretraining_twice_writes_the_same_bytes_and_times_elsewhere(tmp_path):
+    # wall-clock seconds go to the timing file only: the model folder and the metrics are the
+    # same bytes on every run (what scripts/kill_anywhere.py compares after its kills)
+    from pin.vlm.pretrain import pretrain_mini
+
+    p = parse_section("pretrain", {"source": "train", "vision_steps": 2, "lm_steps": 2, "batch_size": 4,
+                                   "image_size": 16, "vision_width": 16, "vision_layers": 1, "lm_width": 16,
+                                   "lm_layers": 2})
+    images, probe = [image(i, ["dog"] if i % 2 else ["cup", "dog"]) for i in range(6)], [image(9, ["cup"])]
+
+    def run(tag):
+        out = tmp_path / tag
+        pretrain_mini(p, images, probe, str(out / "mini_vlm"), str(out / "pretrain.json"),
+                      timing_path=str(tmp_path / "timing.json"))
+        return {f.relative_to(out).as_posix(): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
+
+    first = run("a")
+    assert first == run("b")
+    assert b"seconds" not in first["mini_vlm/mini_vlm.json"] and b"seconds" not in first["pretrain.json"]
+    timing = json.loads((tmp_path / "timing.json").read_text())["pretrain_vlm"]
+    assert set(timing) == {"vision_seconds", "language_seconds"}

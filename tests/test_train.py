@@ -12,7 +12,8 @@ torch.set_num_threads(1)
 from pin.boxes import BoxCodec  # noqa: E402
 from pin.composed import ComposedImage, ComposedObject  # noqa: E402
 from pin.insert import InsertConfig, PositionalInsert  # noqa: E402
-from pin.train import make_samples, train_insert  # noqa: E402
+from pin.methods.pin_method import PinMethod  # noqa: E402
+from pin.train import make_samples, train_method  # noqa: E402
 from pin.vlm.mini import MiniVLMConfig, build_mini_flamingo  # noqa: E402
 from pin.vlm.openflamingo import OpenFlamingoAdapter  # noqa: E402
 
@@ -39,8 +40,12 @@ def setup():
     return vlm, insert, [_image(i) for i in range(8)]
 
 
+def train_pin(vlm, insert, images, codec, **kwargs):
+    return train_method(vlm, PinMethod(insert), images, codec, **kwargs)
+
+
 def _train(vlm, insert, images, ckpt, steps, live=None):
-    return train_insert(vlm, insert, images, BoxCodec(8), steps=steps, batch_size=4, lr=1e-2, seed=0,
+    return train_pin(vlm, insert, images, BoxCodec(8), steps=steps, batch_size=4, lr=1e-2, seed=0,
                         checkpoint_dir=ckpt, checkpoint_every=2, log_every=1, live=live)
 
 
@@ -123,10 +128,6 @@ def _fresh():
     return vlm, PositionalInsert(InsertConfig.for_site(vlm.site, layers=1, hidden=(16,)))
 
 
-def _curves(rows):
-    return [(s, n, v) for s, n, v in rows if n != "train/samples_per_s"]  # wall-clock: differs by design
-
-
 def test_resume_restores_loss_ema_rng_and_the_logged_curves(tmp_path):
     images = [_image(i) for i in range(8)]
     vlm, straight = _fresh()
@@ -143,7 +144,8 @@ def test_resume_restores_loss_ema_rng_and_the_logged_curves(tmp_path):
     torch.manual_seed(999)  # whatever the new process's RNG: the checkpoint's is restored
     res_b = _train(vlm, resumed, images, tmp_path / "b", steps=6, live=live_b)
     assert res_b.final_loss == res_a.final_loss  # the loss EMA came back with the checkpoint
-    assert _curves(live_b.rows) == _curves(live_a.rows)  # steps 1..6, each once
+    assert live_b.rows == live_a.rows  # steps 1..6, each once
+    assert {n for _, n, _ in live_a.rows} == {"train/loss", "train/loss_ema", "train/lr"}  # no wall-clock series
     assert torch.equal(torch.rand(3), after_a)
 
 
@@ -151,15 +153,15 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path):
     images = [_image(i) for i in range(8)]
     vlm, insert = _fresh()
     with pytest.raises(_Crash):
-        train_insert(vlm, insert, images, BoxCodec(8), steps=6, batch_size=4, lr=1e-2, seed=0,
+        train_pin(vlm, insert, images, BoxCodec(8), steps=6, batch_size=4, lr=1e-2, seed=0,
                      checkpoint_dir=tmp_path / "c", checkpoint_every=2, live=_CrashingLive(at=5), fingerprint="lr=1e-2")
     assert (tmp_path / "c" / "last.pt").exists()
     (tmp_path / "c" / ".ckpt.6.tmp").write_bytes(b"half a checkpoint")  # a save cut off by a kill
     vlm, other = _fresh()
-    train_insert(vlm, other, images, BoxCodec(8), steps=6, batch_size=4, lr=5e-3, seed=0,
+    train_pin(vlm, other, images, BoxCodec(8), steps=6, batch_size=4, lr=5e-3, seed=0,
                  checkpoint_dir=tmp_path / "c", checkpoint_every=2, fingerprint="lr=5e-3")
     vlm, straight = _fresh()
-    train_insert(vlm, straight, images, BoxCodec(8), steps=6, batch_size=4, lr=5e-3, seed=0,
+    train_pin(vlm, straight, images, BoxCodec(8), steps=6, batch_size=4, lr=5e-3, seed=0,
                  checkpoint_dir=tmp_path / "d", checkpoint_every=2, fingerprint="lr=5e-3")
     for a, b in zip(straight.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
@@ -182,9 +184,52 @@ def test_feature_cache_changes_speed_not_results(tmp_path):
     for cache in (True, False):
         vlm, insert = _fresh()
         images = [_image(i) for i in range(8)]
-        r = train_insert(vlm, insert, images, BoxCodec(8), steps=3, batch_size=4, lr=1e-2, seed=0,
+        r = train_pin(vlm, insert, images, BoxCodec(8), steps=3, batch_size=4, lr=1e-2, seed=0,
                          checkpoint_dir=tmp_path / f"ckpt{cache}", checkpoint_every=10, log_every=1,
                          cache_features=cache)
         results.append((r.final_loss, [p.detach().clone() for p in insert.parameters()]))
     assert results[0][0] == results[1][0]
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+def _write_split(folder, images):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True)
+    rows = [{"image_id": im.image_id, "image": im.image, "width": im.width, "height": im.height,
+             "objects": [{"category": o.category, "box": list(o.box), "grid_box": list(o.grid_box),
+                          "referral": o.referral} for o in im.objects]} for im in images]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "part-00000.parquet")
+
+
+def test_run_train_on_built_components_writes_the_same_bytes_twice(tmp_path):
+    import json
+
+    from pin.params import TrainParams
+    from pin.train import run_train
+
+    composed = tmp_path / "composed"
+    _write_split(composed / "train", [_image(i) for i in range(8)])
+    _write_split(composed / "val", [_image(i) for i in range(8, 12)])
+    train_p = TrainParams(steps=3, batch_size=4, lr=1e-2, checkpoint_every=2, log_every=1)
+
+    def run(tag):
+        vlm, insert = _fresh()
+        out = tmp_path / tag
+        summary = run_train(train_p, vlm, PinMethod(insert), 8, composed_dir=str(composed), out_dir=str(out / "pin"),
+                            metrics_path=str(out / "train.json"), live_dir=str(out / "live"),
+                            timing_path=str(tmp_path / f"timing_{tag}.json"))
+        assert "samples/s" in summary  # the throughput is reported on the stage's line...
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    first, second = run("a"), run("b")
+    assert first == second  # ...and nowhere in what the stage writes: a rerun changes no byte
+    metrics = json.loads(first["train.json"])
+    assert set(metrics) == {"steps", "final_loss", "val_loss", "trainable_params", "method", "vlm", "insert_layers",
+                            "n_train_images"}
+    assert (metrics["method"], metrics["steps"], metrics["insert_layers"], metrics["n_train_images"]) == ("pin", 3, 1, 8)
+    assert json.loads(first["pin/config.json"])["grid"] == 8  # the CLI reads it back instead of guessing
+    assert not any("samples_per_s" in name for name in first)
+    timing = json.loads((tmp_path / "timing_a.json").read_text())["train"]
+    assert timing["seconds"] > 0 and timing["samples_per_s"] > 0

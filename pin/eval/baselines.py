@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pin.eval.metrics import FRAME, mean_std, score
+from pin.eval.metrics import mean_std, score
+from pin.frame import FRAME
 
 
 def _train(boxes: np.ndarray) -> np.ndarray:

@@ -20,8 +20,7 @@ from tqdm import tqdm
 from pin.boxes import BoxCodec
 from pin.composed import ComposedImage
 from pin.eval import metrics
-
-FRAME = 224
+from pin.frame import FRAME
 
 
 def draw_context(pool: list[ComposedImage], k: int, seed: int, repeat: int) -> list[tuple[int, int]]:

@@ -19,7 +19,6 @@ import numpy as np
 from pin.boxes import box_area, iou, iou_matrix  # noqa: F401  (one IoU for the project; NaN rows give 0)
 from pin.io import atomic_write_bytes, atomic_write_json
 
-FRAME = 224  # the model's input side; size buckets are measured here
 MEDIUM, LARGE = 32**2, 96**2  # COCO/paper thresholds on box area in the 224 frame
 BUCKETS = ("s", "m", "l")
 SCALARS = ("miou", "miou_s", "miou_m", "miou_l", "p30", "p50", "parse_rate")

@@ -11,39 +11,23 @@ from safetensors.torch import load as st_load
 from pin.errors import PinError
 from pin.methods.base import CONFIG_FILE, WEIGHTS_FILE, Method
 from pin.methods.coop import LlmContext
-from pin.methods.insert import PinMethod
 from pin.methods.lora import LoraVision
+from pin.methods.pin_method import PinMethod
 from pin.methods.untrained import InContext, RandomBoxes, RawVLM
 from pin.methods.vpt import FusionPrompts, VisionPrompts
 
+# The one list of methods: params' `method` check, the stages and the loader all read it.
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
     for cls in (PinMethod, FusionPrompts, VisionPrompts, LlmContext, LoraVision, InContext, RawVLM, RandomBoxes)
 }
 
 
-def method_config(name: str, pin_p, baselines_p) -> dict:
-    """The keyword arguments of method ``name`` from the ``pin`` and ``baselines`` params."""
-    if name == "pin":
-        return {"layers": pin_p.layers, "table": pin_p.table, "layout": pin_p.layout,
-                "hidden": tuple(pin_p.hidden) if pin_p.hidden else None}
-    b = baselines_p
-    return {
-        "vpt_fusion": {"tokens": b.vpt_tokens},
-        "vpt_vision": {"tokens": b.vpt_tokens},
-        "coop_llm": {"tokens": b.coop_tokens},
-        "lora_vision": {"r": b.lora_r, "alpha": b.lora_alpha},
-        "incontext": {"shots": tuple(b.incontext_shots), "repeats": b.incontext_repeats},
-        "raw": {},
-        "random": {},
-    }[name]
-
-
 def build_method(name: str, vlm, pin_p, baselines_p) -> Method:
     """A fresh (untrained) method for ``vlm``; call ``torch.manual_seed`` first for a fixed init."""
     if name not in METHODS:
         raise PinError(f"method: unknown method {name!r} (one of {', '.join(METHODS)})")
-    return METHODS[name].build(vlm, **method_config(name, pin_p, baselines_p))
+    return METHODS[name].from_params(vlm, pin_p, baselines_p)
 
 
 def load_method(folder: str | Path, vlm) -> Method:
@@ -71,4 +55,14 @@ def load_method(folder: str | Path, vlm) -> Method:
     return method
 
 
-__all__ = ["METHODS", "Method", "build_method", "load_method", "method_config"]
+def saved_grid(folder: str | Path) -> int | None:
+    """The box grid a saved method was trained to answer on (``grid`` in its config.json), or
+    None for a folder saved before the grid was recorded (or with no readable config)."""
+    try:
+        grid = json.loads((Path(folder) / CONFIG_FILE).read_text()).get("grid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return grid if isinstance(grid, int) and not isinstance(grid, bool) and grid > 0 else None
+
+
+__all__ = ["METHODS", "Method", "build_method", "load_method", "saved_grid"]

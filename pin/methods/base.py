@@ -11,7 +11,8 @@ extension points (:mod:`pin.vlm.base`):
 
 Methods that are evaluated as they are (``raw``, ``random``, ``incontext``) set ``trains = False``.
 A trained method is saved as ``model.safetensors`` (its trainable tensors) + ``config.json``
-(``{"method": name, "config": {...}}``), both written atomically.
+(``{"method": name, "config": {...}, "grid": G}``), both written atomically. A new method is a
+subclass with a ``name`` and a ``from_params``, listed in ``pin.methods.METHODS``.
 """
 from __future__ import annotations
 
@@ -78,11 +79,21 @@ class Method(nn.Module):
     def build(cls, vlm, **config) -> "Method":
         return cls(vlm, **config)
 
-    def save_pretrained(self, folder: str | Path) -> None:
+    @classmethod
+    def from_params(cls, vlm, pin_p, baselines_p) -> "Method":
+        """A fresh method for ``vlm`` sized by the ``pin`` and ``baselines`` params sections (any
+        objects with their fields): the one place a method reads params. Call
+        ``torch.manual_seed`` first for a fixed init."""
+        return cls.build(vlm)
+
+    def save_pretrained(self, folder: str | Path, grid: int | None = None) -> None:
+        """Write the trainable tensors and ``config.json``; ``grid``: the box grid the method was
+        trained to answer on, recorded so that a user of the folder need not guess it."""
         folder = Path(folder)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state().items()}
         atomic_write_bytes(folder / WEIGHTS_FILE, st_save(tensors))
-        atomic_write_json(folder / CONFIG_FILE, {"method": self.name, "config": self.config()})
+        info = {"method": self.name, "config": self.config()}
+        atomic_write_json(folder / CONFIG_FILE, info if grid is None else {**info, "grid": grid})
 
 
 def xavier_tokens(n: int, width: int) -> nn.Parameter:

@@ -24,5 +24,9 @@ class LlmContext(Method):
     def conditioning(self) -> dict[str, torch.Tensor]:
         return {"lm_prefix": self.context}
 
+    @classmethod
+    def from_params(cls, vlm, pin_p, baselines_p) -> "LlmContext":
+        return cls(vlm, tokens=baselines_p.coop_tokens)
+
     def config(self) -> dict:
         return {"tokens": self.context.shape[0]}

@@ -75,5 +75,9 @@ class LoraVision(Method):
             for n, p in zip(self.names, self.weights):
                 p.copy_(state[n])
 
+    @classmethod
+    def from_params(cls, vlm, pin_p, baselines_p) -> "LoraVision":
+        return cls(vlm, r=baselines_p.lora_r, alpha=baselines_p.lora_alpha)
+
     def config(self) -> dict:
         return {"r": self.r, "alpha": self.alpha}

@@ -43,5 +43,9 @@ class InContext(Method):
         self.shots = tuple(int(k) for k in shots)
         self.repeats = int(repeats)
 
+    @classmethod
+    def from_params(cls, vlm, pin_p, baselines_p) -> "InContext":
+        return cls(vlm, shots=tuple(baselines_p.incontext_shots), repeats=baselines_p.incontext_repeats)
+
     def config(self) -> dict:
         return {"shots": list(self.shots), "repeats": self.repeats}

@@ -24,6 +24,10 @@ class FusionPrompts(Method):
     def conditioning(self) -> dict[str, torch.Tensor]:
         return {"fusion_tokens": self.tokens}
 
+    @classmethod
+    def from_params(cls, vlm, pin_p, baselines_p) -> "Method":
+        return cls(vlm, tokens=baselines_p.vpt_tokens)
+
     def config(self) -> dict:
         return {"tokens": self.tokens.shape[0]}
 
@@ -40,6 +44,10 @@ class VisionPrompts(Method):
     def __init__(self, vlm, tokens: int = 100):
         super().__init__()
         self.tokens = xavier_tokens(tokens, vlm.site.width)
+
+    @classmethod
+    def from_params(cls, vlm, pin_p, baselines_p) -> "Method":
+        return cls(vlm, tokens=baselines_p.vpt_tokens)
 
     def config(self) -> dict:
         return {"tokens": self.tokens.shape[0]}

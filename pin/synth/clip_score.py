@@ -55,7 +55,8 @@ class ClipScorer:
         """Load an open_clip model; any failure becomes a PinError that says how to fix it.
 
         ``pretrained`` is an open_clip tag (``openai``, downloaded to / read from the HF cache) or
-        the path of a local checkpoint file (``open_clip_pytorch_model.bin`` / ``.safetensors``).
+        the path of a local checkpoint file (``open_clip_pytorch_model.bin`` / ``.safetensors``);
+        ``model`` an open_clip model name or the path of a model-config JSON.
         """
         try:
             import open_clip
@@ -68,11 +69,14 @@ class ClipScorer:
 
         quiet = logging.root.manager.disable
         logging.disable(logging.ERROR)  # open_clip logs its failure too: the user gets one line, ours
+        from pin.openclip_config import open_clip_name
+
+        name = open_clip_name(model, "filter.model")  # a path to a model-config JSON is registered first
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=pretrained, device=device
+                name, pretrained=pretrained, device=device
             )
-            tokenizer = open_clip.get_tokenizer(model)
+            tokenizer = open_clip.get_tokenizer(name)
         except Exception as err:  # noqa: BLE001 - every load failure gets the same advice
             local = os.path.isfile(pretrained)
             raise PinError(

@@ -6,13 +6,15 @@ synthetic and real data through one loader.
 COCO convention; ``info.image_dir`` names it). Boxes are COCO ``[x, y, w, h]`` in pixels (x2/y2 of
 the shard boxes are exclusive, so w = x2 - x1). Ids start at 1. Extra annotation fields: ``referral``,
 ``grid_box``, ``source``, ``order`` (paste order; later objects lie on top). Categories: one per kept
-heldout category (sorted), ``name`` readable (underscores -> spaces), ``key`` the raw category.
+heldout category (sorted), ``name`` its query name (:func:`pin.categories.query_name`), ``key``
+the raw category.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
+from pin.categories import query_name
 from pin.io import atomic_write_bytes, atomic_write_json
 
 EXT = {"jpeg": "jpg", "png": "png"}
@@ -20,7 +22,6 @@ EXT = {"jpeg": "jpg", "png": "png"}
 
 def export_coco(split_dir: str | Path, categories: Sequence[str], *, images_dir: str = "images") -> dict:
     """Write images + annotations.json for the shards in ``split_dir``; returns the COCO dict."""
-    from pin.synth.compose import readable
     from pin.synth.shards import iter_records
 
     split_dir = Path(split_dir)
@@ -28,7 +29,7 @@ def export_coco(split_dir: str | Path, categories: Sequence[str], *, images_dir:
     coco: dict = {
         "info": {"description": "PIN synthetic zero-shot heldout set", "image_dir": images_dir},
         "licenses": [],
-        "categories": [{"id": i, "name": readable(c), "key": c, "supercategory": "object"}
+        "categories": [{"id": i, "name": query_name(c), "key": c, "supercategory": "object"}
                        for c, i in cat_ids.items()],
         "images": [],
         "annotations": [],

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from pin.errors import PinError
 from pin.params import GenerateParams
+from pin.synth.backend import Rendered, prompt_from_template
 from pin.synth.foreground import ForegroundFn, get_extractor
 
 
@@ -79,14 +80,10 @@ class DiffusersGenerator:
         return True
 
     def prompt(self, category) -> str:
-        from pin.synth.generate import prompt_from_template
-
         return prompt_from_template(self.params.prompt, category)
 
     def render(self, jobs: Sequence):
         import torch
-
-        from pin.synth.generate import Rendered
 
         p = self.params
         generators = [torch.Generator("cpu").manual_seed(j.seed) for j in jobs]

@@ -15,8 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from pin.errors import PinError
-
-ATTRIBUTION = "All emojis designed by OpenMoji - the open-source emoji and icon project. License: CC BY-SA 4.0"
+from pin.synth.backend import Rendered
 
 
 @dataclass(frozen=True)
@@ -161,8 +160,6 @@ class OpenMojiGenerator:
         return self.emoji[category.name].prompt
 
     def render(self, jobs):
-        from pin.synth.generate import Rendered
-
         out = []
         for job in jobs:
             canvas = render_variant(self.emoji[job.category.name], job.seed, self.image_size)

@@ -27,40 +27,21 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pin.categories import query_name
 from pin.errors import PinError
 from pin.io import atomic_write_json, tmp_path_for
 from pin.params import FilterParams
+from pin.synth.objects import read_manifest, read_object
 
 REQUIRED_COLUMNS = ("category", "split", "index", "path", "mask_area_frac")
 REASONS = ("corrupt", "area_small", "area_large", "clip", "class_too_small")
-MAX_CORRUPT_FRAC = 0.10  # the default of filter.max_corrupt
 CLIP_NOT_APPLIED = "not applied (backend none: no CLIP weights offline)"
 MAX_LISTED = 50
 
 
-def read_object(path: str | Path) -> Image.Image:
-    """Decode an object PNG to RGBA; raises ValueError/OSError when it is corrupt or empty."""
-    with Image.open(path) as im:
-        im.load()
-        if im.width == 0 or im.height == 0:
-            raise ValueError("zero-size image")
-        rgba = im.convert("RGBA")
-    if rgba.getchannel("A").getbbox() is None:
-        raise ValueError("no visible pixel (alpha is 0 everywhere)")
-    return rgba
-
-
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise PinError(f"{path} not found: run the generate stage first (dvc repro generate)")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as err:  # noqa: BLE001
-        raise PinError(f"{path}: not a readable Parquet file ({err})") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise PinError(f"{path}: missing columns {missing} (have {list(df.columns)})")
+def read_objects_manifest(path: str | Path) -> pd.DataFrame:
+    """The generate stage's manifest, checked: the filter's input."""
+    df = read_manifest(path, REQUIRED_COLUMNS, "generate")
     if len(df) == 0:
         raise PinError(f"{path}: the objects manifest is empty: nothing to filter")
     return df.reset_index(drop=True)
@@ -76,15 +57,12 @@ def filter_objects(
     params: FilterParams,
     scorer=None,
     *,
-    max_corrupt_frac: float | None = None,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict]:
     """Apply the checks to a manifest; returns (annotated manifest, metrics)."""
     from tqdm import tqdm
 
     objects_dir = Path(objects_dir)
-    if max_corrupt_frac is None:
-        max_corrupt_frac = params.max_corrupt
     n = len(df)
     reason = np.array([""] * n, dtype=object)
     corrupt_examples: list[str] = []
@@ -96,10 +74,10 @@ def filter_objects(
             if len(corrupt_examples) < 10:
                 corrupt_examples.append(f"{rel}: {type(err).__name__}: {err}"[:200])
     n_corrupt = int((reason == "corrupt").sum())
-    if n and n_corrupt / n > max_corrupt_frac:
+    if n and n_corrupt / n > params.max_corrupt:
         raise PinError(
             f"{n_corrupt}/{n} object PNGs under {objects_dir} are unreadable or empty "
-            f"(> filter.max_corrupt={max_corrupt_frac:g}); rerun the generate stage. "
+            f"(> filter.max_corrupt={params.max_corrupt:g}); rerun the generate stage. "
             f"Examples: {corrupt_examples[:3]}"
         )
 
@@ -123,7 +101,7 @@ def filter_objects(
         for start in tqdm(range(0, len(todo), step), desc="filter: CLIP", disable=not progress):
             idx = todo[start:start + step]
             images = [read_object(objects_dir / df["path"].iat[i]) for i in idx]
-            clip_score[idx] = scorer.score(images, [cats[i].replace("_", " ") for i in idx])
+            clip_score[idx] = scorer.score(images, [query_name(cats[i]) for i in idx])
         scored = pd.Series(clip_score[todo], index=todo)
         best = scored.groupby(cats[todo]).transform("max").to_numpy()
         threshold = np.minimum(params.min_clip, best - params.tolerance)
@@ -216,7 +194,7 @@ def run_filter(
 ) -> dict:
     """The filter stage: manifest in, annotated manifest + metrics out. Returns the metrics."""
     objects_dir = Path(objects_dir)
-    df = read_manifest(objects_dir / "manifest.parquet")
+    df = read_objects_manifest(objects_dir / "manifest.parquet")
     out, metrics = filter_objects(df, objects_dir, params, scorer, progress=progress)
     write_manifest(out, Path(out_dir) / "manifest.parquet")
     atomic_write_json(metrics_path, metrics)
@@ -290,5 +268,5 @@ def write_object_fixture(
     return df
 
 
-__all__ = ["run_filter", "filter_objects", "read_object", "read_manifest", "write_manifest",
-           "summary", "write_object_fixture", "REASONS", "CLIP_NOT_APPLIED", "MAX_CORRUPT_FRAC"]
+__all__ = ["run_filter", "filter_objects", "read_objects_manifest", "write_manifest", "summary",
+           "write_object_fixture", "REASONS", "CLIP_NOT_APPLIED"]

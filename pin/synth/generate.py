@@ -7,13 +7,16 @@ Output (under ``out_dir``, default ``data/objects``)::
     _config.json                            fingerprint of the config the pictures belong to
 
 Backends: ``openmoji`` (offline; :class:`pin.synth.emoji.OpenMojiGenerator`) and ``diffusers``
-(the paper's Stable Diffusion; :class:`pin.synth.diffusers_backend.DiffusersGenerator`).
+(the paper's Stable Diffusion; :class:`pin.synth.diffusers_backend.DiffusersGenerator`); what
+they take and return (``Job``, ``Rendered``, the ``Generator`` protocol) is in
+:mod:`pin.synth.backend`.
 
 Every picture's randomness comes from :func:`sample_seed` (params seed, category, index), so a
 picture does not depend on which process made it, on the batch it was in, or on a resume.
 Work is resumable: finished PNGs are kept (each is written atomically; the temporary files of a
-killed run are deleted on the next start) and only missing ones are made; a picture the foreground extractor rejects leaves a ``.skip`` marker so a resume does
-not retry it, and is counted in the summary. Under ``accelerate launch`` process *i* takes
+killed run are deleted on the next start) and only missing ones are made; a picture the
+foreground extractor rejects leaves a ``.skip`` marker so a resume does not retry it, and is
+counted in the summary. Under ``accelerate launch`` process *i* takes
 categories *i*, *i + world_size*, ...; the main process writes the manifest once all are done.
 """
 from __future__ import annotations
@@ -23,18 +26,17 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Sequence
 
-import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pin.categories import Category, load_set, readable, split_of
+from pin.categories import Category, load_set, split_of
 from pin.errors import PinError
 from pin.io import atomic_write_bytes, prepare_resumable_dir, remove_temp_files, tmp_path_for
 from pin.params import GenerateParams
+from pin.synth.backend import Generator, Job
 
 MANIFEST = "manifest.parquet"
-IMAGES = "images"
 MANIFEST_COLUMNS = ["category", "split", "index", "path", "seed", "prompt", "width", "height",
                     "mask_area_frac", "backend"]
 # Bump when a change in this code (not in params) changes the pictures: old work is then redone.
@@ -45,59 +47,6 @@ def sample_seed(seed: int, category: str, index: int) -> int:
     """The seed of one picture: a 63-bit hash of (params seed, category name, index)."""
     digest = hashlib.sha256(f"pin-generate|{seed}|{category}|{index}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One picture to make."""
-
-    category: Category
-    split: str
-    index: int
-    seed: int
-    prompt: str
-
-    @property
-    def rel_path(self) -> str:
-        return f"{IMAGES}/{self.category.slug}/{self.index:04d}.png"
-
-
-@dataclass
-class Rendered:
-    """A finished picture: the cropped RGBA cut-out and the share of the canvas it covered
-    before cropping, or ``image=None`` when the foreground extractor found no object."""
-
-    image: Image.Image | None
-    mask_area_frac: float = 0.0
-
-    @classmethod
-    def from_cutout(cls, rgba: Image.Image | None, canvas_pixels: int) -> "Rendered":
-        """Crop ``rgba`` tight to alpha > 0; the area is counted before cropping (the crop
-        only removes transparent pixels, so a cut-out that is already cropped counts the same)."""
-        if rgba is None:
-            return cls(None)
-        rgba = rgba.convert("RGBA")
-        alpha = np.asarray(rgba.getchannel("A"))
-        area = int((alpha > 0).sum())
-        if area == 0:
-            return cls(None)
-        box = rgba.getchannel("A").getbbox()
-        return cls(rgba.crop(box), area / float(canvas_pixels))
-
-
-class Generator(Protocol):
-    """What a backend provides. ``render`` gets at most ``batch_size`` jobs of one category."""
-
-    name: str
-    batch_size: int
-
-    def covers(self, category: Category) -> bool: ...
-
-    def prompt(self, category: Category) -> str: ...
-
-    def render(self, jobs: Sequence[Job]) -> list[Rendered]: ...
-
-    def config(self) -> dict: ...
 
 
 @dataclass
@@ -143,13 +92,6 @@ def select_categories(
         taken[split] += 1
         chosen.append((cat, split))
     return chosen
-
-
-def prompt_from_template(template: str, category: Category) -> str:
-    try:
-        return template.format(name=readable(category.name))
-    except (KeyError, IndexError, ValueError) as err:
-        raise PinError(f"generate.prompt: the template may only use {{name}} ({err!r})") from None
 
 
 def plan_jobs(chosen: Sequence[tuple[Category, str]], backend: Generator, params: GenerateParams) -> list[Job]:
@@ -331,7 +273,7 @@ def run_config(params: GenerateParams, backend: Generator) -> dict:
             "generator_version": GENERATOR_VERSION, "pillow": PIL.__version__}
 
 
-def generate(
+def run_generate(
     params: GenerateParams,
     out_dir: str | Path = "data/objects",
     backend: Generator | None = None,

@@ -22,7 +22,6 @@ Columns::
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -109,24 +108,7 @@ def iter_records(split_dir: str | Path, columns: list[str] | None = None) -> Ite
         yield from pq.read_table(p, columns=columns).to_pylist()
 
 
-def decode_image(data: bytes):
-    """Encoded image bytes -> RGB PIL image."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return im.convert("RGB")
-
-
-def clean_temp_files(root: str | Path) -> int:
-    """Remove temp files a killed run left behind (``.<name>.<pid>.tmp``); returns how many."""
-    n = 0
-    for p in Path(root).rglob(".*.tmp"):
-        p.unlink(missing_ok=True)
-        n += 1
-    return n
-
-
 __all__: Iterable[str] = [
     "SCHEMA", "OBJECT_TYPE", "SPLITS", "shard_name", "shard_ranges", "to_table", "write_shard",
-    "list_shards", "read_meta", "read_split", "iter_records", "decode_image", "clean_temp_files",
+    "list_shards", "read_meta", "read_split", "iter_records",
 ]

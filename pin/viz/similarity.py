@@ -16,14 +16,13 @@ rest of the row and column, with everything else), so the claim can be checked, 
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from pin.io import atomic_write_bytes
+from pin.viz.png import figure, save_png
 
 PAPER_IMAGES = 50  # encoder panel: similarities averaged over this many images (paper, App. B)
 MAX_CELLS = 8  # the paper omits every second of 16 patches "for readability": at most 8 x 8 cells
@@ -123,14 +122,11 @@ def similarity_figure(panels: Mapping[str, np.ndarray], grid: int, path: str | P
     """Write a PNG with one mosaic per panel (title -> (G*G, G*G) similarities), side by side,
     each with its own colour bar (viridis; gaps between cells white)."""
     from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     stride = stride_for(grid, max_cells)
     cmap = colormaps["viridis"].with_extremes(bad="white")
     n = len(panels)
-    fig = Figure(figsize=(4.3 * n, 4.9), dpi=110)
-    FigureCanvasAgg(fig)
+    fig = figure((4.3 * n, 4.9), dpi=110)
     for k, (name, sim) in enumerate(panels.items()):
         ax = fig.add_subplot(1, n, k + 1)
         img = mosaic(sim, grid, stride)
@@ -150,9 +146,7 @@ def similarity_figure(panels: Mapping[str, np.ndarray], grid: int, path: str | P
     fig.suptitle(title or f"cosine similarity between patch positions ({grid}x{grid} patches{omitted})",
                  fontsize=11)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def insert_panels(insert, vlm=None, images: Sequence = (), n_images: int = PAPER_IMAGES,

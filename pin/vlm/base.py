@@ -22,10 +22,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
+
+from pin.errors import PinError
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,16 @@ class FrozenVLM(ABC):
     def prompt(self, obj: str) -> str:
         return self.prompt_template.format(obj=plain_text(obj))
 
+    def unknown_words(self, texts: Iterable[str]) -> list[str]:
+        """The words in ``texts`` this VLM's tokenizer has never seen (sorted, each once); a
+        subword tokenizer spells every word, so by default none."""
+        return []
+
+    def vocabulary_warning(self, texts: Iterable[str]) -> str | None:
+        """One warning naming the query words the VLM cannot read (its answer for them is a
+        guess), or None when it knows them all."""
+        return None
+
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
@@ -147,6 +160,18 @@ def plain_text(text: str) -> str:
     text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in str(text))
     text = _MARKUP.sub(lambda m: "(" + m.group(0)[1:-1] + ")", text)
     return " ".join(text.split())
+
+
+def resolve_device(name: str | torch.device, key: str = "device") -> torch.device:
+    """``auto`` -> cuda when torch sees a GPU, else cpu; ``cuda`` without a GPU is an error that
+    names the params ``key`` (``vlm.device``, ``pretrain.device``)."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PinError(f"{key}={name!r} but torch sees no CUDA device; use cpu or auto")
+    return torch.device(name)
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

@@ -35,7 +35,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from pin.errors import PinError
 from pin.io import DIR_MODE, atomic_write_json
 from pin.vlm.openflamingo import END_OF_CHUNK, MEDIA_TOKEN, OpenFlamingoAdapter, set_gates
-from pin.vlm.tokenizer import build_word_tokenizer, load_tokenizer, save_tokenizer
+from pin.vlm.pretrain_text import words_of
+from pin.vlm.tokenizer import build_word_tokenizer, load_tokenizer, save_tokenizer, words_from_names
 
 FORMAT = "pin-mini-flamingo"
 FORMAT_VERSION = 1
@@ -362,7 +363,36 @@ def load_mini_parts(directory: str | Path, device: str | torch.device = "cpu"):
     return flamingo.to(device), mini_image_processor(config), tokenizer, config
 
 
-def load_mini(directory: str | Path, device: str | torch.device = "cpu") -> OpenFlamingoAdapter:
+class MiniVLM(OpenFlamingoAdapter):
+    """OpenFlamingo's adapter on a saved mini VLM, plus a check of query words against what it
+    learned: the words of its pretraining texts (category names in ``meta.vocabulary``, a few
+    question words). Any other word is ``<unk>`` or an embedding that never trained."""
+
+    def __init__(self, flamingo, image_processor, tokenizer, folder: str | Path, categories: list[str] | None = None):
+        super().__init__(flamingo, image_processor, tokenizer, name="mini")
+        self.folder = Path(folder)
+        self.categories = categories
+        vocab = set(tokenizer.get_vocab())  # a folder saved without meta.vocabulary: all its words
+        self._known = vocab if categories is None else vocab & set(words_from_names(words_of(categories)))
+
+    def unknown_words(self, texts: Iterable[str]) -> list[str]:
+        return [w for w in words_from_names(texts) if w not in self._known]
+
+    def vocabulary_warning(self, texts: Iterable[str]) -> str | None:
+        texts = list(texts)
+        unknown = self.unknown_words(texts)
+        if not unknown:
+            return None
+        n = sum(1 for t in texts if self.unknown_words([t]))
+        shown = ", ".join(repr(w) for w in unknown[:12]) + (f" and {len(unknown) - 12} more" if len(unknown) > 12 else "")
+        return (f"the mini VLM has never seen the word{'s' if len(unknown) > 1 else ''} {shown} "
+                f"({n} of {len(texts)} quer{'ies' if len(texts) > 1 else 'y'}), so those boxes are guesses. It "
+                f"knows only the categories it was pretrained on: `pin info {self.folder}` lists them "
+                f"(meta.vocabulary in {self.folder / CONFIG_FILE})")
+
+
+def load_mini(directory: str | Path, device: str | torch.device = "cpu") -> MiniVLM:
     """The saved mini VLM behind the frozen adapter interface."""
     flamingo, processor, tokenizer, _ = load_mini_parts(directory, device)
-    return OpenFlamingoAdapter(flamingo, processor, tokenizer, name="mini")
+    categories = read_mini_config(directory).get("meta", {}).get("vocabulary")
+    return MiniVLM(flamingo, processor, tokenizer, directory, categories)

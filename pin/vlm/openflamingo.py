@@ -29,156 +29,29 @@ positions from the attention mask) rather than ``Flamingo.generate``: on transfo
 from __future__ import annotations
 
 import contextlib
-import inspect
-import io
-import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pin.errors import PinError
-from pin.vlm.base import FrozenVLM, InsertSite, freeze
-
-log = logging.getLogger(__name__)
-
-PROMPT_TEMPLATE = "<image>In the image is a {obj} located at"
-MEDIA_TOKEN = "<image>"
-END_OF_CHUNK = "<|endofchunk|>"
-IGNORE_INDEX = -100
-SLOT = -1  # placeholder id in a prompt row for an lm_prefix embedding (never a real token id)
-PARAMS_PREFIX = "vlm"  # the params.yaml section holding the paper profile's local paths
-
-
-@dataclass(frozen=True)
-class OpenFlamingoProfile:
-    """The hub ids of one released OpenFlamingo model (for messages and documentation)."""
-
-    checkpoint_id: str
-    checkpoint_file: str
-    clip_model: str
-    clip_pretrained: str
-    lang_id: str
-    cross_attn_every_n_layers: int
-
-
-OPENFLAMINGO_3B = OpenFlamingoProfile(
-    checkpoint_id="openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct",
-    checkpoint_file="checkpoint.pt",
-    clip_model="ViT-L-14",
-    clip_pretrained="openai",
-    lang_id="anas-awadalla/mpt-1b-redpajama-200b-dolly",
-    cross_attn_every_n_layers=1,
+from pin.vlm.base import FrozenVLM, freeze
+from pin.vlm.greedy import greedy_decode
+from pin.vlm.of_parts import lm_takes_position_ids, set_gates, site_of  # noqa: F401
+from pin.vlm.of_loader import OPENFLAMINGO_3B, OpenFlamingoProfile, build_openflamingo
+from pin.vlm.of_text import (  # noqa: F401  (the adapter's text vocabulary, re-exported for callers)
+    END_OF_CHUNK,
+    IGNORE_INDEX,
+    MEDIA_TOKEN,
+    PROMPT_TEMPLATE,
+    SLOT,
+    TeacherForcing,
+    masked_answer_loss,
 )
 
-
-def set_gates(flamingo: torch.nn.Module, value: float) -> None:
-    """Set every gated cross-attention gate (``attn_gate``, ``ff_gate``) to ``value``.
-
-    A fresh Flamingo has all gates at 0 (tanh(0) = 0): the language model ignores the image and
-    an insert gets exactly zero gradient. Tests with random weights open them (e.g. 1.0).
-    """
-    from open_flamingo.src.helpers import GatedCrossAttentionBlock
-
-    with torch.no_grad():
-        for m in flamingo.modules():
-            if isinstance(m, GatedCrossAttentionBlock):
-                m.attn_gate.fill_(value)
-                m.ff_gate.fill_(value)
-
-
-def masked_answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the positions whose label is not ``IGNORE_INDEX``.
-
-    ``logits[:, t]`` predicts token ``t + 1``; ``labels`` is aligned with the input ids (prompt
-    and padding set to ``IGNORE_INDEX``)."""
-    targets = labels[:, 1:]
-    if not (targets != IGNORE_INDEX).any():
-        raise ValueError("no answer tokens to score")
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-    )
-
-
-def _site_of(visual: torch.nn.Module) -> InsertSite:
-    gh, gw = visual.grid_size
-    if gh != gw:
-        raise ValueError(f"non-square patch grid {gh}x{gw} is not supported")
-    width = visual.positional_embedding.shape[-1]  # conv1 may be a convolutional stem
-    has_cls = getattr(visual, "pool_type", "tok") == "none"  # 'tok'/'avg' drop the CLS token
-    return InsertSite(n_positions=gh * gw + int(has_cls), width=width, grid=gh, has_cls=has_cls)
-
-
-def _lm_takes_position_ids(lang_encoder: torch.nn.Module) -> bool:
-    """Whether the LM under the Flamingo mixin accepts ``position_ids`` (Llama does; the MPT
-    remote code, which uses ALiBi, may not)."""
-    from open_flamingo.src.flamingo_lm import FlamingoLMMixin
-
-    if isinstance(lang_encoder, FlamingoLMMixin):  # the mixin's forward takes **kwargs: look past it
-        inner = super(FlamingoLMMixin, lang_encoder).forward
-    else:
-        inner = lang_encoder.forward
-    try:
-        params = inspect.signature(inner).parameters
-    except (TypeError, ValueError):
-        return False
-    return "position_ids" in params
-
-
-class TeacherForcing:
-    """Prompt + answer texts -> right-padded ``(input_ids, attention_mask, labels)`` on the host.
-
-    Holds only the tokenizer and three ids, so DataLoader workers can run it (pickled) while the
-    model trains. Prompt and answer are tokenised separately and concatenated (the boundary is
-    the one ``generate`` sees); ``labels`` is ``IGNORE_INDEX`` on the prompt and the padding."""
-
-    def __init__(self, tokenizer, media_token_id: int, answer_end: str, pad_token_id: int) -> None:
-        self.tokenizer, self.media_token_id = tokenizer, media_token_id
-        self.answer_end, self.pad_token_id = answer_end, pad_token_id
-
-    def tokenize(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
-        if not texts:
-            return []
-        return self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
-
-    def prompt_ids(self, prompts: Sequence[str], n_images: int = 1, n_slots: int = 0) -> list[list[int]]:
-        """Token ids of each prompt, checked to hold ``n_images`` ``<image>`` tokens, with
-        ``n_slots`` ``SLOT`` placeholders right after the last one (where ``lm_prefix`` goes)."""
-        rows = self.tokenize(prompts, add_special_tokens=True)
-        media = self.media_token_id
-        for p, row in zip(prompts, rows):
-            if row.count(media) != n_images:
-                count = "one" if n_images == 1 else str(n_images)
-                raise ValueError(f"prompt must hold exactly {count} {MEDIA_TOKEN} token(s), one per image: {p!r}")
-        if n_slots:
-            at = [len(row) - row[::-1].index(media) for row in rows]  # just after the last image
-            rows = [row[:i] + [SLOT] * n_slots + row[i:] for row, i in zip(rows, at)]
-        return rows
-
-    def __call__(self, prompts: Sequence[str], answers: Sequence[str], n_images: int = 1,
-                 n_slots: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``n_slots`` > 0 leaves ``SLOT`` ids after the image for the adapter's prefix to fill."""
-        if len(prompts) != len(answers):
-            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-        p_rows = self.prompt_ids(prompts, n_images, n_slots)
-        a_rows = self.tokenize([a + self.answer_end for a in answers], add_special_tokens=False)
-        length = max(len(p) + len(a) for p, a in zip(p_rows, a_rows))
-        b = len(p_rows)
-        ids = torch.full((b, length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((b, length), dtype=torch.long)
-        labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
-        for i, (p, a) in enumerate(zip(p_rows, a_rows)):
-            n = len(p) + len(a)
-            ids[i, :n] = torch.tensor(p + a)
-            mask[i, :n] = 1
-            labels[i, len(p):n] = torch.tensor(a)
-        return ids, mask, labels
+log = logging.getLogger(__name__)
 
 
 class OpenFlamingoAdapter(FrozenVLM):
@@ -213,7 +86,7 @@ class OpenFlamingoAdapter(FrozenVLM):
 
         visual = flamingo.vision_encoder
         visual.output_tokens = True  # what open_flamingo's factory sets: forward -> (pooled, tokens)
-        self.site = _site_of(visual)
+        self.site = site_of(visual)
 
         media_ids = tokenizer.encode(MEDIA_TOKEN, add_special_tokens=False)
         end_ids = tokenizer.encode(answer_end, add_special_tokens=False)
@@ -230,7 +103,7 @@ class OpenFlamingoAdapter(FrozenVLM):
         self.stop_token_ids = sorted(stops)
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.end_token_id
-        self._position_ids = _lm_takes_position_ids(flamingo.lang_encoder)
+        self._position_ids = lm_takes_position_ids(flamingo.lang_encoder)
         self.teacher_forcing = TeacherForcing(tokenizer, flamingo.media_token_id, answer_end, self.pad_token_id)
 
     # ----------------------------------------------------------------- helpers
@@ -416,7 +289,7 @@ class OpenFlamingoAdapter(FrozenVLM):
 
         interpolate_open_clip(self.flamingo.vision_encoder, image_size)
         self.image_processor = resized_processor(self.image_processor, image_size)
-        self.site = _site_of(self.flamingo.vision_encoder)
+        self.site = site_of(self.flamingo.vision_encoder)
 
     def logits(
         self,
@@ -490,32 +363,11 @@ class OpenFlamingoAdapter(FrozenVLM):
 
     def _greedy(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, use_cache: bool,
                 prefix=None) -> torch.Tensor:
-        b = ids.shape[0]
-        positions = self._positions(mask)
-        stops = torch.tensor(self.stop_token_ids, device=ids.device)
-        done = torch.zeros(b, dtype=torch.bool, device=ids.device)
-        new: list[torch.Tensor] = []
-        past = None
-        step_ids, step_pos = ids, positions
-        for _ in range(max_new_tokens):
-            if use_cache:
-                out = self._lm(step_ids, mask, step_pos, past=past, use_cache=True, prefix=prefix)
-                past = out.past_key_values
-            else:
-                out = self._lm(ids, mask, positions, prefix=prefix)
-            nxt = out.logits[:, -1].argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, self.pad_token_id), nxt)
-            new.append(nxt)
-            done = done | torch.isin(nxt, stops)
-            if bool(done.all()):
-                break
-            step_ids, step_pos = nxt[:, None], positions[:, -1:] + 1
-            ids = torch.cat([ids, step_ids], dim=1)
-            mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
-            positions = torch.cat([positions, step_pos], dim=1)
-        if not new:
-            return torch.empty((b, 0), dtype=torch.long, device=ids.device)
-        return torch.stack(new, dim=1)
+        def step(step_ids, mask, positions, past, use_cache):
+            return self._lm(step_ids, mask, positions, past=past, use_cache=use_cache, prefix=prefix)
+
+        return greedy_decode(step, ids, mask, self._positions(mask), max_new_tokens, use_cache,
+                             self.stop_token_ids, self.pad_token_id)
 
     # ------------------------------------------------------------ paper profile
     @classmethod
@@ -535,124 +387,11 @@ class OpenFlamingoAdapter(FrozenVLM):
         name: str = "openflamingo",
         profile: OpenFlamingoProfile = OPENFLAMINGO_3B,
     ) -> OpenFlamingoAdapter:
-        """Build OpenFlamingo with ``open_flamingo.create_model_and_transforms`` from local files
-        and load its checkpoint. Defaults are the paper's OpenFlamingo-3B (vitl-mpt1b-langinstruct):
-
-        * ``checkpoint`` (params ``vlm.checkpoint``): a local copy of ``checkpoint.pt`` from
-          ``openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct`` (``.safetensors`` also read),
-          or a local snapshot folder of that repository;
-        * ``lang_dir`` (params ``vlm.lang_model``): a local snapshot of
-          ``anas-awadalla/mpt-1b-redpajama-200b-dolly``; its folder name must keep
-          ``mpt-1b-redpajama-200b`` (open_flamingo's factory adds the ``get_input_embeddings``
-          fix MPT-1B needs only when the path contains that string);
-        * ``tokenizer_dir``: defaults to ``lang_dir``;
-        * ``clip_model`` / ``clip_pretrained`` (params ``vlm.clip_model`` / ``vlm.clip_pretrained``):
-          open_clip ``ViT-L-14`` with ``openai`` weights, which open_clip must find in its local
-          cache (``HF_HUB_OFFLINE=1``), or a path to the weights file.
-
-        ``ln_patch_tokens=False`` (default) feeds the perceiver patch tokens *without* the
-        vision tower's final LayerNorm, as OpenFlamingo was trained (open_clip < 2.23 applied
-        ``ln_post`` to the pooled token only; this project pins open_clip 3.3.0, whose default
-        normalises all tokens, so ``final_ln_after_pool`` is switched on). The PIN authors ran
-        open_clip 2.23.0 (normalised tokens): use ``ln_patch_tokens=True`` with their released PIN.
-
-        NOT VERIFIED HERE: the language side of the 3B model is MosaicML's MPT-1B remote code
-        (``trust_remote_code=True``). It cannot be fetched on this machine (no hub access), and
-        newer transformers releases are reported to break it (open_flamingo issues #294, #303,
-        #306); only the same factory path with a tiny local Llama has been tested. Failures in
-        the remote code are re-raised as :class:`~pin.errors.PinError` with the original error
-        chained.
-        """
-        import open_flamingo
-
-        tokenizer_dir = tokenizer_dir if tokenizer_dir is not None else lang_dir
-        if checkpoint is not None and Path(checkpoint).is_dir():
-            checkpoint = Path(checkpoint) / profile.checkpoint_file
-        _check_inputs(profile, checkpoint, lang_dir, tokenizer_dir, clip_pretrained)
-        lang_dir, tokenizer_dir = Path(lang_dir), Path(tokenizer_dir)
-        model_type = _model_type(lang_dir)
-        if model_type in {"mosaic_gpt", "mpt"}:
-            if "mpt-1b-redpajama-200b" not in str(lang_dir):
-                raise PinError(
-                    f"{PARAMS_PREFIX}.lang_model={lang_dir}: an MPT-1B folder must keep "
-                    f"'mpt-1b-redpajama-200b' in its path (open_flamingo keys its MPT fix on it); "
-                    f"rename it, e.g. to .../{profile.lang_id.split('/')[-1]}"
-                )
-            decoder_layers_attr_name = decoder_layers_attr_name or "transformer.blocks"
-        try:
-            with contextlib.redirect_stdout(io.StringIO()) as said:
-                flamingo, processor, tokenizer = open_flamingo.create_model_and_transforms(
-                    clip_vision_encoder_path=clip_model,
-                    clip_vision_encoder_pretrained=clip_pretrained,
-                    lang_encoder_path=str(lang_dir),
-                    tokenizer_path=str(tokenizer_dir),
-                    cross_attn_every_n_layers=cross_attn_every_n_layers,
-                    use_local_files=True,
-                    decoder_layers_attr_name=decoder_layers_attr_name,
-                )
-            log.debug(said.getvalue().strip())
-        except Exception as err:  # remote code / open_clip / transformers failures, chained
-            raise PinError(
-                f"could not build OpenFlamingo from clip={clip_model}:{clip_pretrained}, "
-                f"lang={lang_dir}, tokenizer={tokenizer_dir}: {type(err).__name__}: {err}"
-            ) from err
-
-        state = _load_state_dict(Path(checkpoint))
-        missing, unexpected = flamingo.load_state_dict(state, strict=False)
-        if unexpected:
-            raise PinError(f"{checkpoint}: {len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
-        fusion_missing = [k for k in missing if k.startswith("perceiver.") or "gated_cross_attn" in k]
-        if fusion_missing:
-            raise PinError(
-                f"{checkpoint}: not an OpenFlamingo checkpoint for this model: "
-                f"{len(fusion_missing)} fusion weights missing, e.g. {fusion_missing[:3]}"
-            )
-        flamingo.vision_encoder.final_ln_after_pool = not ln_patch_tokens
-        flamingo.to(device=device, dtype=dtype)
+        """OpenFlamingo from local files (the paper's OpenFlamingo-3B by default), frozen: see
+        :func:`~pin.vlm.of_loader.build_openflamingo` for what each path must hold."""
+        flamingo, processor, tokenizer = build_openflamingo(
+            checkpoint, lang_dir, tokenizer_dir, clip_model=clip_model, clip_pretrained=clip_pretrained,
+            cross_attn_every_n_layers=cross_attn_every_n_layers,
+            decoder_layers_attr_name=decoder_layers_attr_name, ln_patch_tokens=ln_patch_tokens,
+            device=device, dtype=dtype, profile=profile)
         return cls(flamingo, processor, tokenizer, name=name)
-
-
-def _missing_weights(profile: OpenFlamingoProfile, what: str) -> PinError:
-    p = PARAMS_PREFIX
-    return PinError(
-        f"OpenFlamingo weights not found ({what}). The paper profile needs local copies of "
-        f"{profile.checkpoint_id} ({profile.checkpoint_file}), {profile.lang_id} (model and "
-        f"tokenizer) and open_clip {profile.clip_model}/{profile.clip_pretrained}; set "
-        f"{p}.checkpoint to the checkpoint file, {p}.lang_model to the language model's folder "
-        f"(and {p}.clip_pretrained to a weights file unless open_clip has '{profile.clip_pretrained}' "
-        f"cached), or use the offline {p}.name=mini"
-    )
-
-
-def _check_inputs(profile, checkpoint, lang_dir, tokenizer_dir, clip_pretrained) -> None:
-    if checkpoint is None or not Path(checkpoint).is_file():
-        raise _missing_weights(profile, f"checkpoint={checkpoint}")
-    if lang_dir is None or not (Path(lang_dir) / "config.json").is_file():
-        raise _missing_weights(profile, f"lang_model={lang_dir} has no config.json")
-    if not Path(tokenizer_dir).is_dir():
-        raise _missing_weights(profile, f"tokenizer_dir={tokenizer_dir}")
-    looks_like_path = "/" in clip_pretrained or clip_pretrained.endswith((".pt", ".bin", ".safetensors"))
-    if looks_like_path and not Path(clip_pretrained).is_file():
-        raise _missing_weights(profile, f"clip_pretrained={clip_pretrained}")
-
-
-def _model_type(lang_dir: Path) -> str:
-    try:
-        return json.loads((lang_dir / "config.json").read_text()).get("model_type", "")
-    except (OSError, ValueError) as err:
-        raise PinError(f"{lang_dir / 'config.json'}: unreadable: {err}") from None
-
-
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise PinError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from err
-    if isinstance(state, dict) and "model_state_dict" in state:
-        state = state["model_state_dict"]
-    return {k.removeprefix("module."): v for k, v in state.items()}

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pin.categories import readable
+from pin.categories import query_name
 from pin.composed import ComposedImage
+from pin.errors import PinError
+from pin.vlm.base import resolve_device
 from pin.vlm.pretrain_text import ObjectFact, PretrainText, TextRecipe, make_text
 
 
@@ -29,7 +31,7 @@ def facts_of(image: ComposedImage) -> list[ObjectFact]:
     for o in image.objects:
         x1, y1, x2, y2 = o.box
         sx, sy = 224 / image.width, 224 / image.height
-        out.append(ObjectFact(readable(o.category), round((x2 - x1) * sx), round((y2 - y1) * sy)))
+        out.append(ObjectFact(query_name(o.category), round((x2 - x1) * sx), round((y2 - y1) * sy)))
     return out
 
 
@@ -48,14 +50,6 @@ CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
 def normalise(u8: torch.Tensor) -> torch.Tensor:
     return (u8.float() / 255 - CLIP_MEAN.to(u8.device)) / CLIP_STD.to(u8.device)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"pretrain.device={name!r} but torch sees no CUDA device; use cpu or auto")
-    return torch.device(name)
 
 
 @dataclass
@@ -252,45 +246,35 @@ def multi_hot(images: list[ComposedImage], index: dict[str, int]) -> torch.Tenso
     labels = torch.zeros(len(images), len(index))
     for row, im in enumerate(images):
         for o in im.objects:
-            labels[row, index[readable(o.category)]] = 1
+            labels[row, index[query_name(o.category)]] = 1
     return labels
 
 
 def category_vocabulary(images: list[ComposedImage]) -> list[str]:
-    return sorted({readable(o.category) for im in images for o in im.objects})
+    return sorted({query_name(o.category) for im in images for o in im.objects})
 
 
 def text_recipe(p, grid: int = 8, frame: int = 224) -> TextRecipe:
-    return TextRecipe(mix=tuple(p.text_mix.items()), slot=p.slot, frame=frame, cell=frame // grid)
-
-
-def run_pretrain(p, composed_dir: str = "data/composed", out_dir: str = "models/mini_vlm",
-                 metrics_path: str = "metrics/pretrain.json", grid: int = 8, workers: int = 0) -> str:
-    """The pretrain_vlm stage: build, pretrain (vision, then language) and save the mini VLM -
-    or, with ``pretrain.source=asset``, check and copy the shipped one (see :func:`install_asset`)."""
-    from pathlib import Path
-
-    from pin.composed import read_split
-
-    images = read_split(Path(composed_dir) / "pretrain", limit=p.max_images)
-    probe = read_split(Path(composed_dir) / "heldout", limit=256)  # unseen images, held-out names
-    if p.source == "asset":
-        return install_asset(p, images, probe, out_dir, metrics_path)
-    return pretrain_mini(p, images, probe, out_dir, metrics_path, grid=grid, workers=workers)
+    try:
+        return TextRecipe(mix=tuple(p.text_mix.items()), slot=p.slot, frame=frame, cell=frame // grid)
+    except ValueError as err:  # pretrain_text knows its own text kinds; the message names the key
+        raise PinError(f"pretrain.text_mix: {err}") from None
 
 
 def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: int = 8, workers: int = 0,
-                  pixels: tuple[torch.Tensor, torch.Tensor] | None = None) -> str:
+                  pixels: tuple[torch.Tensor, torch.Tensor] | None = None, timing_path: str | None = None) -> str:
     """Pretrain a fresh mini VLM on ``images`` and report its recognition on ``probe``.
 
-    ``pixels``: the (images, probe) uint8 tensors at ``p.image_size`` if already decoded."""
-    from pin.io import atomic_write_json
+    ``pixels``: the (images, probe) uint8 tensors at ``p.image_size`` if already decoded. The
+    seconds each part took go to ``timing_path`` (when given) and the summary, never into the
+    model's files or the metrics: those must be the same bytes on every run."""
+    from pin.io import atomic_write_json, record_timing
     from pin.vlm.mini import MiniVLMConfig, build_mini_flamingo, count_parameters, save_mini
     from pin.vlm.openflamingo import OpenFlamingoAdapter
     from pin.vlm.pretrain_text import words_of
 
     torch.manual_seed(p.seed)
-    device = resolve_device(p.device)
+    device = resolve_device(p.device, key="pretrain.device")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -328,9 +312,8 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
     metrics = {
         "source": "train",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "vision": {"steps": vis.steps, "seconds": round(vis.seconds, 1), "final_loss": round(vis.final_loss, 4),
-                   "heldout_map": round(vis.map, 4)},
-        "language": {"steps": lang.steps, "seconds": round(lang.seconds, 1), "final_loss": round(lang.final_loss, 4)},
+        "vision": {"steps": vis.steps, "final_loss": round(vis.final_loss, 4), "heldout_map": round(vis.map, 4)},
+        "language": {"steps": lang.steps, "final_loss": round(lang.final_loss, 4)},
         "recognition_heldout": report,
         "n_parameters": count_parameters(flamingo),
         "n_images": len(images),
@@ -340,54 +323,9 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
     meta = {"vocabulary": vocabulary, "pretrain_images": len(images), "pretrain_metrics": metrics}
     save_mini(out_dir, flamingo, tokenizer, config, meta=meta)
     atomic_write_json(metrics_path, metrics)
+    if timing_path is not None:
+        record_timing(timing_path, "pretrain_vlm", {"vision_seconds": round(vis.seconds, 1),
+                                                   "language_seconds": round(lang.seconds, 1)})
     return (f"{count_parameters(flamingo):,} params; vision mAP {vis.map:.3f}; captions P/R "
-            f"{report['caption_precision']:.2f}/{report['caption_recall']:.2f}; yes/no {report['qa_exists']}")
-
-
-def install_asset(p, images, probe, out_dir: str, metrics_path: str) -> str:
-    """Copy the shipped mini VLM into ``out_dir`` after checking it fits this data.
-
-    The asset knows a fixed vocabulary (the categories of the offline default's generate
-    params); other categories need ``pretrain.source=train``. Its recognition is measured again
-    here, on this machine, on the held-out probe images."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from pin.errors import PinError
-    from pin.io import DIR_MODE, atomic_write_json
-    from pin.vlm.mini import load_mini, read_mini_config
-
-    asset = Path(p.asset)
-    if not (asset / "mini_vlm.json").is_file():
-        raise PinError(f"pretrain.asset: no mini VLM at {asset} (expected {asset}/mini_vlm.json); "
-                       f"rebuild it with scripts/build_mini_vlm.py or set pretrain.source=train")
-    meta = read_mini_config(asset).get("meta", {})
-    vocabulary = sorted(set(category_vocabulary(images)) | set(category_vocabulary(probe)))
-    known = meta.get("vocabulary", [])
-    if vocabulary != known:
-        new, gone = sorted(set(vocabulary) - set(known)), sorted(set(known) - set(vocabulary))
-        raise PinError(f"pretrain.source=asset: the shipped mini VLM ({asset}) was pretrained on other categories "
-                       f"(unknown here: {new[:5]}{'...' if len(new) > 5 else ''}; missing: {gone[:5]}"
-                       f"{'...' if len(gone) > 5 else ''}); set pretrain.source=train to pretrain one for these")
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mini_vlm.", dir=out.parent))
-    tmp.chmod(DIR_MODE)  # mkdtemp makes it private
-    shutil.copytree(asset, tmp, dirs_exist_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    adapter = load_mini(out)
-    probe_u8 = pixels_uint8(adapter.flamingo.vision_encoder.image_size[0], probe)
-    with torch.no_grad():
-        feats = adapter.patch_features(normalise(probe_u8))
-    shipped = meta.get("pretrain_metrics", {})
-    recipe = text_recipe(p) if not shipped.get("recipe") else TextRecipe(
-        mix=tuple(shipped["recipe"]["text_mix"].items()), slot=shipped["recipe"]["slot"])
-    report = recognition_report(adapter, feats, [facts_of(im) for im in probe], vocabulary, seed=p.seed, recipe=recipe)
-    metrics = {**shipped, "source": f"asset {asset}", "recognition_heldout": report}
-    atomic_write_json(metrics_path, metrics)
-    return (f"installed {asset} ({shipped.get('n_parameters', '?'):,} params, pretrained on "
-            f"{shipped.get('device', '?')}); captions P/R {report['caption_precision']:.2f}/"
-            f"{report['caption_recall']:.2f}; yes/no {report['qa_exists']}")
+            f"{report['caption_precision']:.2f}/{report['caption_recall']:.2f}; yes/no {report['qa_exists']}; "
+            f"vision {vis.seconds:.0f}s, language {lang.seconds:.0f}s")

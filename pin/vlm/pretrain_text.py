@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 IMAGE_TOKEN = "<image>"
@@ -36,6 +37,13 @@ PROMPT = "In the image is a {obj} located at"
 
 TEXT_MIX = {"caption": 0.25, "exists": 0.3, "count": 0.15, "slot": 0.3}
 SLOT_STYLES = ("origin", "anywhere")
+
+
+def check_text_kinds(kinds: Iterable[str]) -> None:
+    """Every kind must be one this module writes (the weights themselves are checked by params)."""
+    unknown = sorted(set(kinds) - set(TEXT_MIX))
+    if unknown:
+        raise ValueError(f"unknown text kinds {unknown}; known: {sorted(TEXT_MIX)}")
 
 
 @dataclass(frozen=True)
@@ -48,9 +56,7 @@ class TextRecipe:
     cell: int = 28  # 224 / compose.grid
 
     def __post_init__(self):
-        unknown = sorted({k for k, _ in self.mix} - set(TEXT_MIX))
-        if unknown:
-            raise ValueError(f"unknown text kinds {unknown}; known: {sorted(TEXT_MIX)}")
+        check_text_kinds(k for k, _ in self.mix)
         if self.slot not in SLOT_STYLES:
             raise ValueError(f"slot must be one of {SLOT_STYLES}, got {self.slot!r}")
 

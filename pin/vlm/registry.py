@@ -1,16 +1,17 @@
-"""Build the frozen VLM named in params (``vlm`` section): the one place heavy models are made."""
+"""Build the frozen VLM that a ``vlm`` params section names: the one place heavy models are made.
+
+``p`` is anything with the fields of ``pin.params.VLMParams`` (the library does not import the
+pipeline's params)."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 
-from pin.params import VLMParams
-from pin.vlm.base import FrozenVLM
+from pin.vlm.base import FrozenVLM, resolve_device
 
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+if TYPE_CHECKING:
+    from pin.params import VLMParams
 
 
 def load_vlm(p: VLMParams) -> FrozenVLM:
@@ -21,7 +22,8 @@ def load_vlm(p: VLMParams) -> FrozenVLM:
 
 
 def _load(p: VLMParams) -> FrozenVLM:
-    device = resolve_device(p.device)
+    device = resolve_device(p.device, key="vlm.device")
+    dtype = torch.bfloat16 if device.type == "cuda" else None
     if p.name == "mini":
         from pin.vlm.mini import load_mini
 
@@ -31,11 +33,10 @@ def _load(p: VLMParams) -> FrozenVLM:
 
         return OpenFlamingoAdapter.from_pretrained(
             p.checkpoint, p.lang_model, clip_model=p.clip_model, clip_pretrained=p.clip_pretrained,
-            device=device, dtype=torch.bfloat16 if device == "cuda" else None,
+            device=device, dtype=dtype,
         )
     if p.name == "blip2":
         from pin.vlm.blip2 import Blip2Adapter
 
-        return Blip2Adapter.from_pretrained(p.blip2_model, device=device,
-                                            dtype=torch.bfloat16 if device == "cuda" else None)
+        return Blip2Adapter.from_pretrained(p.blip2_model, device=device, dtype=dtype)
     raise ValueError(f"unknown vlm.name {p.name!r}")

@@ -1,4 +1,5 @@
-"""The evaluate stage: every method answers every query of one dataset; metrics per object.
+"""The evaluate stage (``run_evaluate``): every method answers every query of one dataset;
+metrics per object.
 
 Methods side by side: the trained method (``pin`` by default, or a baseline of ``pin.methods``
 under its own name: ``vpt_fusion``, ``vpt_vision``, ``coop_llm``, ``lora_vision``), ``raw`` (same
@@ -19,14 +20,14 @@ import torch
 from tqdm import tqdm
 
 from pin.boxes import BoxCodec
-from pin.eval import baselines, metrics
 from pin.errors import PinError
-from pin.eval.datasets import Query, load_queries
-from pin.eval.gallery import gallery, size_bucket_bars
+from pin.eval import baselines, metrics
+from pin.eval.datasets import load_queries
+from pin.eval.query import Query
+from pin.frame import FRAME
 from pin.methods.base import Method
+from pin.viz.gallery import gallery, size_bucket_bars
 from pin.vlm.base import FrozenVLM
-
-FRAME = 224
 
 
 @torch.no_grad()
@@ -130,10 +131,10 @@ def iou_with_other_objects(queries: list[Query], preds: np.ndarray) -> tuple[flo
 
 
 def training_boxes(composed_dir: Path, limit: int = 20000) -> np.ndarray:
-    from pin.composed import read_split
+    from pin.composed import read_split_records
 
     boxes = []
-    for im in read_split(composed_dir / "train", limit=limit):
+    for im in read_split_records(composed_dir / "train", limit=limit):
         sx, sy = FRAME / im.width, FRAME / im.height
         boxes += [(o.box[0] * sx, o.box[1] * sy, o.box[2] * sx, o.box[3] * sy) for o in im.objects]
     return np.asarray(boxes, dtype=float)
@@ -148,6 +149,9 @@ def run_evaluate(dataset: str, eval_p, vlm: FrozenVLM, method: Method, grid: int
     feats, rows, unreadable = query_features(vlm, queries, eval_p.batch_size)
     queries, rows = drop_unreadable(dataset, queries, rows, unreadable, stats, eval_p.max_missing)
     texts = [q.text for q in queries]
+    unknown = vlm.vocabulary_warning(texts)  # one summary for the dataset, not one per query
+    if unknown:
+        print(f"[evaluate] warning: {dataset}: {unknown}")
     gt = np.array([q.gt_box_224 for q in queries], dtype=float)
     image_ids = [q.image_id for q in queries]
 
@@ -205,10 +209,10 @@ def _add_incontext(results, preds, answers, vlm, method, feats, rows, texts, gt,
                    composed_dir: Path, eval_p, max_new: int) -> None:
     """``incontext_<k>`` rows (mean/std over the context draws); the predictions file keeps the
     first draw's answers."""
-    from pin.composed import read_split
+    from pin.composed import read_split_records
     from pin.eval.incontext import incontext_metrics, run_incontext
 
-    pool = read_split(composed_dir / "train")
+    pool = read_split_records(composed_dir / "train")
     by_k = run_incontext(vlm, feats, rows, texts, pool, codec, method.shots, method.repeats, eval_p.seed,
                          max_new, eval_p.batch_size)
     rows_k, first = incontext_metrics(by_k, gt, image_ids, parse)

@@ -13,8 +13,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pin.eval.metrics import FRAME
+from pin.frame import FRAME
 from pin.io import atomic_write_bytes
+from pin.viz.png import figure, save_png
 
 COLS = 4
 PAD = 4
@@ -93,13 +94,9 @@ def gallery(queries: Sequence, preds: Sequence, path: str | Path, n: int = 16) -
 def size_bucket_bars(metrics_by_method: dict[str, dict], path: str | Path, title: str = "") -> None:
     """Bar plot of mIoU by ground-truth size (s/m/l/all) per method; ``*_std`` as error bars,
     empty buckets (null) marked "n/a"."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     keys = [("miou_s", "small"), ("miou_m", "medium"), ("miou_l", "large"), ("miou", "all")]
     methods = list(metrics_by_method)
-    fig = Figure(figsize=(7, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure((7, 3.6))
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(methods))
     x = np.arange(len(keys))
@@ -119,6 +116,4 @@ def size_bucket_bars(metrics_by_method: dict[str, dict], path: str | Path, title
         ax.set_title(title)
     ax.legend(fontsize=8, ncols=min(4, max(1, len(methods))), loc="upper left")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)

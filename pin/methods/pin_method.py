@@ -23,6 +23,11 @@ class PinMethod(Method):
     def build(cls, vlm, **config) -> "PinMethod":
         return cls(PositionalInsert(InsertConfig.for_site(vlm.site, **config)))
 
+    @classmethod
+    def from_params(cls, vlm, pin_p, baselines_p) -> "PinMethod":
+        hidden = tuple(pin_p.hidden) if pin_p.hidden else None
+        return cls.build(vlm, layers=pin_p.layers, table=pin_p.table, layout=pin_p.layout, hidden=hidden)
+
     def conditioning(self) -> dict[str, torch.Tensor]:
         return {"insert": self.insert()}
 
@@ -37,5 +42,5 @@ class PinMethod(Method):
         site_keys = ("n_positions", "width", "has_cls")
         return {k: v for k, v in self.insert.config.to_dict().items() if k not in site_keys}
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        self.insert.save_pretrained(folder)
+    def save_pretrained(self, folder: str | Path, grid: int | None = None) -> None:
+        self.insert.save_pretrained(folder, grid=grid)

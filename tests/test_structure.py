@@ -1,0 +1,87 @@
+"""The codebase's shape, checked: dvc.yaml's deps are true, no import cycles, the library imports
+without the pipeline's params, and no module grows past what one person reads in a sitting."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from import_graph import ROOT, all_modules, closure, cycles, module_file
+
+MAX_LINES = 400
+LIBRARY = ("pin.insert", "pin.boxes", "pin.vlm", "pin.methods")
+
+
+def _stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _entry_script(stage: dict) -> str:
+    script = stage["cmd"].split()[1]
+    assert script.startswith("stages/") and script.endswith(".py"), stage["cmd"]
+    return script
+
+
+def _covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def _has_code(path: Path) -> bool:
+    """An __init__.py with only a docstring runs nothing worth a dependency."""
+    body = ast.parse(path.read_text()).body
+    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_dvc_deps_cover_every_module_the_stage_imports(name):
+    stage = _stages()[name]
+    script = _entry_script(stage)
+    deps = [str(d) for d in stage["deps"]]
+    assert _covered(script, deps), f"{name}: its entry point {script} is not in its deps"
+    needed = sorted(str(module_file(m).relative_to(ROOT)) for m in closure(script))
+    missing = [p for p in needed if not _covered(p, deps) and (
+        not p.endswith("__init__.py") or _has_code(ROOT / p))]
+    assert not missing, (
+        f"dvc.yaml stage {name!r} runs code it does not list in deps, so `dvc repro` would skip "
+        f"it after those files change: {missing}")
+
+
+def test_import_graph_sees_lazy_imports(tmp_path):
+    # The graph must count an import inside a function: a stage that takes that path runs it.
+    from import_graph import _imported_names
+
+    tree = ast.parse("def f():\n    from pin.vlm import mini\n")
+    assert "pin.vlm.mini" in _imported_names(tree, "pin.x", False)
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pin.params\n")
+    assert "pin.params" not in _imported_names(tree, "pin.x", False)
+
+
+def test_no_import_cycles_inside_pin():
+    assert cycles() == [], "import cycles inside pin/ (each group imports itself in a loop)"
+
+
+def test_library_imports_without_pipeline_params():
+    code = ("import sys; import " + ", ".join(LIBRARY) +
+            "; print(sorted(m for m in sys.modules if m == 'pin.params' or m.startswith('pin.params.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]", f"importing {', '.join(LIBRARY)} pulls in the pipeline's params: {out}"
+
+
+def test_library_modules_do_not_reach_params_statically():
+    # Stronger than the runtime check: no lazy import anywhere in the library reaches pin.params.
+    bad = {}
+    for module in all_modules():
+        if module.startswith(LIBRARY) and "pin.params" in closure(module):
+            bad[module] = "pin.params"
+    assert not bad, f"library modules that import the pipeline's params (maybe lazily): {sorted(bad)}"
+
+
+def test_no_module_over_max_lines():
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "pin").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split them along their seams): {long}"
