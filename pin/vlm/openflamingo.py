@@ -40,7 +40,7 @@ from PIL import Image
 from pin.vlm.base import FrozenVLM, freeze
 from pin.vlm.greedy import greedy_decode
 from pin.vlm.of_parts import lm_takes_position_ids, set_gates, site_of  # noqa: F401
-from pin.vlm.of_loader import OPENFLAMINGO_3B, OpenFlamingoProfile, build_openflamingo
+from pin.vlm.of_loader import build_openflamingo
 from pin.vlm.of_text import (  # noqa: F401  (the adapter's text vocabulary, re-exported for callers)
     END_OF_CHUNK,
     IGNORE_INDEX,
@@ -371,27 +371,10 @@ class OpenFlamingoAdapter(FrozenVLM):
 
     # ------------------------------------------------------------ paper profile
     @classmethod
-    def from_pretrained(
-        cls,
-        checkpoint: str | Path | None,
-        lang_dir: str | Path | None,
-        tokenizer_dir: str | Path | None = None,
-        *,
-        clip_model: str = OPENFLAMINGO_3B.clip_model,
-        clip_pretrained: str = OPENFLAMINGO_3B.clip_pretrained,
-        cross_attn_every_n_layers: int = OPENFLAMINGO_3B.cross_attn_every_n_layers,
-        decoder_layers_attr_name: str | None = None,
-        ln_patch_tokens: bool = False,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        name: str = "openflamingo",
-        profile: OpenFlamingoProfile = OPENFLAMINGO_3B,
-    ) -> OpenFlamingoAdapter:
-        """OpenFlamingo from local files (the paper's OpenFlamingo-3B by default), frozen: see
-        :func:`~pin.vlm.of_loader.build_openflamingo` for what each path must hold."""
-        flamingo, processor, tokenizer = build_openflamingo(
-            checkpoint, lang_dir, tokenizer_dir, clip_model=clip_model, clip_pretrained=clip_pretrained,
-            cross_attn_every_n_layers=cross_attn_every_n_layers,
-            decoder_layers_attr_name=decoder_layers_attr_name, ln_patch_tokens=ln_patch_tokens,
-            device=device, dtype=dtype, profile=profile)
+    def from_pretrained(cls, checkpoint: str | Path | None, lang_dir: str | Path | None,
+                        tokenizer_dir: str | Path | None = None, *, name: str = "openflamingo",
+                        **options) -> OpenFlamingoAdapter:
+        """OpenFlamingo from local files (the paper's OpenFlamingo-3B by default), frozen.
+        ``options`` and what each path must hold: :func:`~pin.vlm.of_loader.build_openflamingo`."""
+        flamingo, processor, tokenizer = build_openflamingo(checkpoint, lang_dir, tokenizer_dir, **options)
         return cls(flamingo, processor, tokenizer, name=name)
