@@ -253,6 +253,16 @@ def output_hashes(repo: Path) -> dict[str, str]:
     return out
 
 
+def lock_is_torn(repo: Path, env: dict) -> bool:
+    """DVC writes dvc.lock in place (open, truncate, write), not by rename: a SIGKILL inside that
+    write leaves a file DVC itself refuses ("'./dvc.lock' validation failed"). Our stages cannot
+    prevent it; the user's fix is to restore the last good lock (``git checkout dvc.lock``)."""
+    if not (repo / "dvc.lock").exists():
+        return False
+    status = run([str(DVC), "status"], repo, env)
+    return "dvc.lock' validation failed" in status.text or "dvc.lock' is invalid" in status.text
+
+
 def leftovers(repo: Path) -> list[str]:
     """Temporary files or folders, and training checkpoints, left in the outputs."""
     found = []
@@ -369,6 +379,7 @@ def experiment(work: Path, stages: list[str], target: list[str], args, profile: 
     env = make_env(repo, guard, net_log)
     rows: list[dict] = []  # one per try: stage, delay, where the kill landed, outcome
     attempts: list[Attempt] = []
+    torn_locks = 0
     for stage in stages:
         if stage not in times:
             print(f"[kill-anywhere] {stage} did not run in the reference run; skipped")
@@ -379,8 +390,16 @@ def experiment(work: Path, stages: list[str], target: list[str], args, profile: 
             delay = rng.uniform(args.min_frac, args.max_frac) * span
             # after a reset the run cache would restore the outputs instead of running the stage
             cmd = [str(DVC), "repro", *(["--no-run-cache"] if fresh else []), stage]
+            lock_before = (repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").exists() else None
             att = run(cmd, repo, env, marker=f"Running stage '{stage}'", delay=delay)
             attempts.append(att)
+            torn = att.killed_at is not None and lock_is_torn(repo, env)
+            if torn:  # DVC rewrites dvc.lock in place; what a user does: put the last good one back
+                torn_locks += 1
+                if lock_before is None:
+                    (repo / "dvc.lock").unlink()
+                else:
+                    (repo / "dvc.lock").write_bytes(lock_before)
             with open(work / "attempts.log", "a") as log:
                 log.write(f"\n=== try {len(attempts)}: {stage}, kill +{delay:.2f}s after its start, "
                           f"killed={att.killed_at is not None}, exit {att.rc}\n{att.text}\n")
@@ -397,7 +416,9 @@ def experiment(work: Path, stages: list[str], target: list[str], args, profile: 
                 continue
             kills += 1
             fresh = False
-            rows.append({"stage": stage, "delay": delay, "landed": describe_kill(att, stage), "at": len(attempts)})
+            landed = describe_kill(att, stage) + (" (DVC's own dvc.lock write torn: the lock from before "
+                                                  "the kill put back)" if torn else "")
+            rows.append({"stage": stage, "delay": delay, "landed": landed, "at": len(attempts)})
             print(f"[kill-anywhere] kill {sum('outcome' not in r for r in rows)}: {stage} +{delay:.2f}s "
                   f"-> {rows[-1]['landed']}", flush=True)
     print(f"[kill-anywhere] finishing: dvc repro {' '.join(target)} (uninterrupted)", flush=True)
@@ -436,6 +457,7 @@ def experiment(work: Path, stages: list[str], target: list[str], args, profile: 
     print(f"\nkills: {n_kills}; output files compared: {len(names)}; differing: {len(diff)}"
           + (f" ({', '.join(diff[:8])})" if diff else ""))
     print(f"leftover temporary files / checkpoints: {left or 'none'}")
+    print(f"kills that tore DVC's own dvc.lock write (restored, as a user would): {torn_locks}")
     print(f"dvc status after the final run: {'clean' if clean else 'NOT clean: ' + status.text[-300:]}")
     print(f"network connection attempts (dvc and every stage): {len(net)}" + (f" e.g. {net[0]}" if net else ""))
     ok = ok and not diff and not left and clean and not net and n_kills >= sum(args.kills.values())
