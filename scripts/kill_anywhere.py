@@ -15,7 +15,7 @@ What it does, in a scratch folder (``--workdir``, a temporary one by default):
    ``dvc repro <stage>``, waits for DVC's "Running stage '<stage>'" line, sleeps a random delay
    (seeded, a fraction of the stage's reference duration) and SIGKILLs the whole process group
    (dvc, the stage's python, its workers). A stage that finishes before its kill is reset
-   (outputs deleted; the next try runs with ``--no-run-cache`` and kills sooner) so that it
+   (outputs deleted; the next try forces that one stage, ``dvc repro --force --single-item``, and kills sooner) so that it
    starts again. Then one uninterrupted ``dvc repro <target>`` finishes the pipeline;
 4. compares the sha256 of every output file (data/, models/, metrics/) and of dvc.lock's output
    hashes between ``ref`` and ``kill``, byte for byte (wall-clock timings live only in the
@@ -388,8 +388,9 @@ def experiment(work: Path, stages: list[str], target: list[str], args, profile: 
         while kills < args.kills[stage] and tries < 4 * args.kills[stage]:
             tries += 1
             delay = rng.uniform(args.min_frac, args.max_frac) * span
-            # after a reset the run cache would restore the outputs instead of running the stage
-            cmd = [str(DVC), "repro", *(["--no-run-cache"] if fresh else []), stage]
+            # after a reset DVC would check the outputs out of its cache ("is cached - skipping run")
+            # instead of running the stage: force this one stage alone
+            cmd = [str(DVC), "repro", *(["--force", "--single-item"] if fresh else []), stage]
             lock_before = (repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").exists() else None
             att = run(cmd, repo, env, marker=f"Running stage '{stage}'", delay=delay)
             attempts.append(att)
