@@ -49,7 +49,7 @@ class Section(BaseModel):
 
 
 class GenerateParams(Section):
-    backend: Literal["openmoji", "diffusers"] = "openmoji"
+    backend: Literal["openmoji", "diffusers", "shapes"] = "openmoji"
     category_set: Literal["lvis", "coco", "pvoc"] = "lvis"
     per_category: int = Field(24, ge=1)
     max_categories: int | None = Field(30, ge=1)  # null: every category the backend covers

@@ -263,6 +263,10 @@ def make_backend(params: GenerateParams, state=None) -> Generator:
         from pin.synth.diffusers_backend import DiffusersGenerator
 
         return DiffusersGenerator(params, device=getattr(state, "device", None))
+    if params.backend == "shapes":
+        from pin.synth.shapes import ShapesGenerator
+
+        return ShapesGenerator(params.image_size)
     raise PinError(f"unknown generate.backend {params.backend!r}")
 
 
@@ -285,7 +289,10 @@ def run_generate(
     state = state or process_state()
     backend = backend or make_backend(params, state)
 
-    chosen = select_categories(load_set(params.category_set), backend.covers, params.max_categories)
+    if hasattr(backend, "categories"):  # a backend that is its own category set (shapes)
+        chosen = backend.categories(params.max_categories)
+    else:
+        chosen = select_categories(load_set(params.category_set), backend.covers, params.max_categories)
     if not chosen:
         raise PinError(
             f"no category of generate.category_set={params.category_set!r} can be made by the "
