@@ -7,6 +7,7 @@ from PIL import Image
 from pin.boxes import BoxCodec
 from pin.errors import PinError
 from pin.insert import InsertConfig, PositionalInsert
+from pin.rehearsal.standins import unit_scale
 from pin.vlm.base import InsertSite
 from pin.vlm.blip2 import PAPER_MODEL, Blip2Adapter
 
@@ -35,14 +36,8 @@ def tiny_blip2(make_tokenizer, seed: int = 0):
     )
     torch.manual_seed(seed)
     model = Blip2ForConditionalGeneration(config)
-    # The configs' init ranges (vision 1e-10, others 0.02) make a random tiny model ignore its
-    # input; unit-scale weights let a signal (and the insert's gradient) pass through every part.
+    unit_scale(model)  # the configs' tiny init ranges would make it ignore its input (and the insert)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.normal_(0, module.in_features**-0.5)
-            elif isinstance(module, torch.nn.Embedding):
-                module.weight.normal_(0, 1)
         model.query_tokens.normal_(0, 1)
     processor = BlipImageProcessor(size={"height": 32, "width": 32})
     return model, tokenizer, processor

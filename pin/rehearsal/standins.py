@@ -53,7 +53,7 @@ class StandIns:
         return out
 
 
-def _unit_scale(model: torch.nn.Module) -> None:
+def unit_scale(model: torch.nn.Module) -> None:
     """Transformers' tiny init ranges (1e-10 for some vision towers, 0.02 elsewhere) make a random
     tiny model ignore its input; unit-scale weights let a signal through every part."""
     with torch.no_grad():
@@ -150,7 +150,7 @@ def write_blip2(folder: Path, seed: int = 0) -> Path:
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     torch.manual_seed(seed)
     model = Blip2ForConditionalGeneration(config)
-    _unit_scale(model)
+    unit_scale(model)
     with torch.no_grad():  # the ViT's patch and position embeddings start at ~1e-10: all patches alike
         model.query_tokens.normal_(0, 1)
         emb = model.vision_model.embeddings
