@@ -243,12 +243,16 @@ class PretrainParams(Section):
     lm_width: int = Field(128, ge=8)
     lm_layers: int = Field(4, ge=2)
     xattn_every: int = Field(2, ge=1)  # gated cross-attention on every n-th LM layer
+    latents: int = Field(32, ge=1)  # perceiver latents (OpenFlamingo-3B: 64)
+    numbers: Literal["digits", "whole"] = "digits"  # whole: a number up to 224 is one token
+    # A mini VLM folder whose ViT is kept (vision pretraining skipped); null: pretrain the ViT.
+    vision_from: str | None = None
     lm_batch_size: int | None = Field(None, ge=1)  # None: batch_size
     # Pretraining texts (pin.vlm.pretrain_text): the mix of kinds and where slot boxes sit.
     # The kinds are checked by pin.vlm.pretrain_text, which defines them.
     text_mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.2, "exists": 0.35, "count": 0.15,
                                                                 "slot": 0.3})
-    slot: Literal["origin", "anywhere"] = "anywhere"
+    slot: Literal["origin", "anywhere", "size", "mixed", "attributes"] = "anywhere"
     device: str = "cpu"  # cpu | cuda | auto (the shipped asset was pretrained on a GPU)
     # train: pretrain here (minutes on a CPU); asset: copy the pretrained weights shipped in the
     # repo (scripts/build_mini_vlm.py made them, the same code on a GPU, longer).

@@ -204,21 +204,25 @@ def decode_score(vlm, feats, images, insert=None, shuffle: bool = False, bs: int
             other.append(float(np.mean(iou(gt[peers], np.repeat(np.nan_to_num(pred[i:i + 1]), len(peers), 0))))
                          if ok[i] else 0.0)
     cx_t, cx_p = (gt[ok, 0] + gt[ok, 2]) / 2, (pred[ok, 0] + pred[ok, 2]) / 2
-    corr = float(np.corrcoef(cx_t, cx_p)[0, 1]) if ok.sum() > 2 and cx_p.std() > 0 else 0.0
+    cy_t, cy_p = (gt[ok, 1] + gt[ok, 3]) / 2, (pred[ok, 1] + pred[ok, 3]) / 2
+
+    def corr(t, q):
+        return float(np.corrcoef(t, q)[0, 1]) if ok.sum() > 2 and q.std() > 0 else 0.0
+
     return {"miou": float(ious.mean()), "parse": float(ok.mean()), "own": float(np.mean(own)),
-            "other": float(np.mean(other)), "cx_corr": corr,
+            "other": float(np.mean(other)), "cx_corr": corr(cx_t, cx_p), "cy_corr": corr(cy_t, cy_p),
             "distinct": int(len({tuple(p) for p in pred[ok]})), "n": len(rows)}
 
 
 def train_insert_and(vlm, train_feats, train_images, *, steps: int, lr: float, xattn_lr: float | None,
                      batch_size: int = 64, seed: int = 0, log_slots_every: int = 0, slot_probe=None,
-                     also: tuple[str, ...] = ("xattn",)) -> tuple:
+                     also: tuple[str, ...] = ("xattn",), insert_config: InsertConfig | None = None) -> tuple:
     """PIN (plus the VLM parts named in ``also`` - groups of ``trainable_for_pretraining`` - at
     ``xattn_lr`` when it is set) on the answer loss; the rest frozen."""
     from pin.vlm.mini import trainable_for_pretraining
 
     torch.manual_seed(seed)
-    insert = PositionalInsert(InsertConfig.for_site(vlm.site))
+    insert = PositionalInsert(insert_config or InsertConfig.for_site(vlm.site))
     groups = [{"params": list(insert.parameters()), "lr": lr}]
     parts = trainable_for_pretraining(vlm.flamingo)
     xattn = [p for g in also for p in parts[g]] if xattn_lr else []

@@ -232,13 +232,13 @@ def _build(config: MiniVLMConfig, tokenizer) -> Flamingo:
     return flamingo
 
 
-def build_mini_flamingo(config: MiniVLMConfig, vocab_words: Iterable[str]):
+def build_mini_flamingo(config: MiniVLMConfig, vocab_words: Iterable[str], whole_numbers: bool = False):
     """A freshly initialised (trainable, train-mode) mini Flamingo.
 
     ``vocab_words``: the category names (and any caption words) the tokenizer must know; they
     are split into lower-case words and added to the base vocabulary.
     Returns ``(flamingo, image_processor, tokenizer)``."""
-    tokenizer = build_word_tokenizer(vocab_words)
+    tokenizer = build_word_tokenizer(vocab_words, whole_numbers=whole_numbers)
     return _build(config, tokenizer), mini_image_processor(config), tokenizer
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -261,6 +261,25 @@ def text_recipe(p, grid: int = 8, frame: int = 224) -> TextRecipe:
         raise PinError(f"pretrain.text_mix: {err}") from None
 
 
+def _finite(x: float | None) -> float | None:
+    return None if x is None or x != x else round(x, 4)  # NaN is not JSON
+
+
+def keep_vision(flamingo, config, source: str) -> float:
+    """Copy the ViT of the mini VLM saved at ``source`` into ``flamingo`` (its vision sizes must
+    match): the language side is then pretrained from scratch on a tower that already sees."""
+    from pin.vlm.mini import load_mini_parts, read_mini_config
+
+    donor, _, _, donor_config = load_mini_parts(source)
+    vision_keys = [f.name for f in fields(config) if f.name.startswith(("image_size", "patch", "vision", "stem"))]
+    differ = [k for k in vision_keys if getattr(config, k) != getattr(donor_config, k)]
+    if differ:
+        raise PinError(f"pretrain.vision_from: {source} has another vision tower ({', '.join(differ)} differ)")
+    flamingo.vision_encoder.load_state_dict(donor.vision_encoder.state_dict())
+    meta = read_mini_config(source).get("meta", {})
+    return float(meta.get("pretrain_metrics", {}).get("vision", {}).get("heldout_map", float("nan")))
+
+
 def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: int = 8, workers: int = 0,
                   pixels: tuple[torch.Tensor, torch.Tensor] | None = None, timing_path: str | None = None) -> str:
     """Pretrain a fresh mini VLM on ``images`` and report its recognition on ``probe``.
@@ -285,8 +304,10 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
               f"e.g. {missing[:3]}")
     config = MiniVLMConfig(image_size=p.image_size, patch_size=p.patch, vision_width=p.vision_width,
                            vision_layers=p.vision_layers, lm_width=p.lm_width, lm_layers=p.lm_layers, stem=p.stem,
-                           gate_init=p.gate_init, xattn_every=p.xattn_every)
-    flamingo, processor, tokenizer = build_mini_flamingo(config, words_of(vocabulary))
+                           gate_init=p.gate_init, xattn_every=p.xattn_every, perceiver_latents=p.latents)
+    flamingo, processor, tokenizer = build_mini_flamingo(config, words_of(vocabulary),
+                                                         whole_numbers=p.numbers == "whole")
+    donor_map = keep_vision(flamingo, config, p.vision_from) if p.vision_from else None
     flamingo.to(device)
 
     u8, probe_u8 = pixels if pixels is not None else (pixels_uint8(p.image_size, images),
@@ -294,8 +315,11 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
     index = {name: i for i, name in enumerate(vocabulary)}
     labels = multi_hot(images, index)
     probe_labels = multi_hot(probe, index)
-    vis = pretrain_vision(flamingo, u8, labels, steps=p.vision_steps, lr=p.vision_lr, batch_size=p.batch_size,
-                          seed=p.seed, eval_u8=probe_u8, eval_labels=probe_labels)
+    if p.vision_from:  # the donor's tower and its measured mAP
+        vis = VisionResult(0, 0.0, float("nan"), donor_map)
+    else:
+        vis = pretrain_vision(flamingo, u8, labels, steps=p.vision_steps, lr=p.vision_lr, batch_size=p.batch_size,
+                              seed=p.seed, eval_u8=probe_u8, eval_labels=probe_labels)
 
     adapter = OpenFlamingoAdapter(flamingo, processor, tokenizer, name="mini")  # freezes everything
     with torch.no_grad():
@@ -312,13 +336,15 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
     metrics = {
         "source": "train",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "vision": {"steps": vis.steps, "final_loss": round(vis.final_loss, 4), "heldout_map": round(vis.map, 4)},
+        "vision": {"steps": vis.steps, "final_loss": _finite(vis.final_loss), "heldout_map": _finite(vis.map),
+                   **({"kept_from": p.vision_from} if p.vision_from else {})},
         "language": {"steps": lang.steps, "final_loss": round(lang.final_loss, 4)},
         "recognition_heldout": report,
         "n_parameters": count_parameters(flamingo),
         "n_images": len(images),
         "n_categories": len(vocabulary),
-        "recipe": {"slot": p.slot, "text_mix": dict(p.text_mix), "xattn_every": p.xattn_every},
+        "recipe": {"slot": p.slot, "text_mix": dict(p.text_mix), "xattn_every": p.xattn_every,
+                   "latents": p.latents, "numbers": p.numbers, "vision_from": p.vision_from},
     }
     meta = {"vocabulary": vocabulary, "pretrain_images": len(images), "pretrain_metrics": metrics}
     save_mini(out_dir, flamingo, tokenizer, config, meta=meta)

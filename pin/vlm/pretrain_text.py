@@ -23,6 +23,14 @@ Text kinds (weights in ``TEXT_MIX``):
             are free choices that the image does not decide - which is what PIN then decides.
             (An earlier form, " [w,h,n,k]" with counts in the last two slots, left PIN's
             answers stuck at x2 < x1: unparsable.)
+            Round-3 styles, each a function of the named object's size, its category count and
+            the text's own random numbers only:
+            ``"size"``: the corner read from the size, (cell*floor(wc/2), cell*floor(hc/2)) with
+            wc, hc the size in cells - image-determined, so the LM learns to read the image
+            at x1/y1; ``"mixed"``: that corner in half the texts, the ``anywhere`` corner in the
+            other half (image-read, with entropy left for PIN to move); ``"attributes"``:
+            " [w,h,a,k]", the earlier positive control's readouts (width, height, area in cells,
+            how many objects share the name), not a box.
 """
 from __future__ import annotations
 
@@ -36,7 +44,7 @@ END_TOKEN = "<|endofchunk|>"
 PROMPT = "In the image is a {obj} located at"
 
 TEXT_MIX = {"caption": 0.25, "exists": 0.3, "count": 0.15, "slot": 0.3}
-SLOT_STYLES = ("origin", "anywhere")
+SLOT_STYLES = ("origin", "anywhere", "size", "mixed", "attributes")
 
 
 def check_text_kinds(kinds: Iterable[str]) -> None:
@@ -88,13 +96,25 @@ def _article_list(names: list[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def slot_answer(obj: ObjectFact, rng: random.Random | None = None, recipe: TextRecipe = TextRecipe()) -> str:
+def slot_answer(obj: ObjectFact, rng: random.Random | None = None, recipe: TextRecipe = TextRecipe(),
+                count: int = 1) -> str:
+    """The slot text for ``obj``; ``count``: how many objects in the image share its name."""
+    cell = recipe.cell
+    if recipe.slot == "attributes":
+        area = max(round(obj.width / cell), 1) * max(round(obj.height / cell), 1)
+        return f" [{obj.width},{obj.height},{area},{count}]"
+    style = recipe.slot
+    if style in ("anywhere", "mixed") and rng is None:
+        raise ValueError(f"slot={style!r} needs a random stream")
+    if style == "mixed":
+        style = "size" if rng.random() < 0.5 else "anywhere"
     x = y = 0
-    if recipe.slot == "anywhere":
-        if rng is None:
-            raise ValueError('slot="anywhere" needs a random stream')
-        x = recipe.cell * rng.randrange(max(recipe.frame - obj.width, 0) // recipe.cell + 1)
-        y = recipe.cell * rng.randrange(max(recipe.frame - obj.height, 0) // recipe.cell + 1)
+    if style == "anywhere":
+        x = cell * rng.randrange(max(recipe.frame - obj.width, 0) // cell + 1)
+        y = cell * rng.randrange(max(recipe.frame - obj.height, 0) // cell + 1)
+    elif style == "size":
+        x = cell * (round(obj.width / cell) // 2)
+        y = cell * (round(obj.height / cell) // 2)
     return f" [{x},{y},{x + obj.width},{y + obj.height}]"
 
 
@@ -130,7 +150,8 @@ def make_text(
         return PretrainText(kind, f"{IMAGE_TOKEN}Question: how many {name}? Answer:", f" {counts[name]}")
     if kind == "slot":
         obj = rng.choice(objects)
-        return PretrainText(kind, IMAGE_TOKEN + PROMPT.format(obj=obj.name), slot_answer(obj, rng, recipe))
+        return PretrainText(kind, IMAGE_TOKEN + PROMPT.format(obj=obj.name),
+                            slot_answer(obj, rng, recipe, count=names.count(obj.name)))
     raise ValueError(f"unknown text kind {kind!r}")
 
 

@@ -54,6 +54,10 @@ BASE_WORDS = PROMPT_WORDS + COLOUR_WORDS + SHAPE_WORDS + COUNT_WORDS + POSITION_
 
 # Pieces after normalisation: a word, one digit, one space, or one other character.
 _PIECE = r"\p{L}+|\p{N}|" + SPACE + r"|[^\p{L}\p{N}" + SPACE + r"]"
+# With whole numbers, a run of digits is one piece: "112" is one token, not three (each of
+# 0..MAX_WHOLE_NUMBER is a vocabulary entry; a larger number becomes <unk>).
+_PIECE_WHOLE = r"\p{L}+|\p{N}+|" + SPACE + r"|[^\p{L}\p{N}" + SPACE + r"]"
+MAX_WHOLE_NUMBER = 224
 _WORD = re.compile(r"[^\W\d_]+")
 
 
@@ -66,10 +70,12 @@ def words_from_names(names: Iterable[str]) -> list[str]:
     return sorted(out)
 
 
-def build_vocab(words: Iterable[str] = (), include_base: bool = True) -> dict[str, int]:
-    """Token -> id. Specials first (fixed ids 0..4), then space, digits, punctuation, and the
-    sorted words; the same word set always gives the same ids."""
-    pieces = list(SPECIAL_TOKENS) + [SPACE, *DIGITS, *PUNCTUATION]
+def build_vocab(words: Iterable[str] = (), include_base: bool = True, whole_numbers: bool = False) -> dict[str, int]:
+    """Token -> id. Specials first (fixed ids 0..4), then space, digits, punctuation, the whole
+    numbers 10..MAX_WHOLE_NUMBER when asked, and the sorted words; the same word set always
+    gives the same ids."""
+    numbers = [str(n) for n in range(10, MAX_WHOLE_NUMBER + 1)] if whole_numbers else []
+    pieces = list(SPECIAL_TOKENS) + [SPACE, *DIGITS, *PUNCTUATION, *numbers]
     all_words = set(words_from_names(words))
     if include_base:
         all_words.update(BASE_WORDS)
@@ -79,15 +85,17 @@ def build_vocab(words: Iterable[str] = (), include_base: bool = True) -> dict[st
     return vocab
 
 
-def build_word_tokenizer(words: Iterable[str] = (), include_base: bool = True) -> PreTrainedTokenizerFast:
+def build_word_tokenizer(words: Iterable[str] = (), include_base: bool = True,
+                         whole_numbers: bool = False) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over ``words`` (split into words with :func:`words_from_names`)
-    plus, unless ``include_base`` is False, :data:`BASE_WORDS`."""
-    vocab = build_vocab(words, include_base)
+    plus, unless ``include_base`` is False, :data:`BASE_WORDS`. ``whole_numbers``: a number up
+    to MAX_WHOLE_NUMBER is one token (a box corner is then one choice, not a digit sequence)."""
+    vocab = build_vocab(words, include_base, whole_numbers)
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.normalizer = normalizers.Sequence(
         [normalizers.Lowercase(), normalizers.Replace(Regex(r"\s"), SPACE)]
     )
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_PIECE), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_PIECE_WHOLE if whole_numbers else _PIECE), behavior="isolated")
     tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.Fuse()])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
