@@ -48,6 +48,10 @@ RECIPES: dict[str, dict] = {
     "wide": {"latents": 64, "xattn_every": 1},  # OpenFlamingo-3B's fusion: 64 latents, xattn every layer
     "mixed_wide": {"slot": "mixed", "latents": 64, "xattn_every": 1},
     "more_slot": {"slot": "mixed", "text_mix": {"caption": 0.15, "exists": 0.2, "count": 0.15, "slot": 0.5}},
+    # coarse relations at a real share (reported separately: the only texts that read positions)
+    "relation": {"text_mix": {"caption": 0.15, "exists": 0.25, "count": 0.15, "slot": 0.3, "relation": 0.15}},
+    "mixed_relation": {"slot": "mixed",
+                       "text_mix": {"caption": 0.15, "exists": 0.25, "count": 0.15, "slot": 0.3, "relation": 0.15}},
 }
 
 

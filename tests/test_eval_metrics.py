@@ -129,3 +129,18 @@ def test_constant_box_beats_every_grid_box():
     assert np.array_equal(best, constant_box(train, grid=8))  # deterministic
     metrics, box = constant_baseline(train, train, grid=8)
     assert metrics["miou"] == pytest.approx(best_score) and metrics["distinct_boxes"] == 1
+
+
+def test_centre_correlation_follows_the_answer_not_the_parse_failures():
+    from pin.eval.metrics import centre_correlation
+
+    gt = np.array([[0, 0, 28, 28], [56, 0, 84, 28], [112, 112, 168, 140], [196, 28, 224, 56]], float)
+    assert centre_correlation(gt, gt) == pytest.approx((1.0, 1.0))
+    mirrored = gt.copy()
+    mirrored[:, [0, 2]] = 224 - gt[:, [2, 0]]
+    assert centre_correlation(gt, mirrored)[0] == pytest.approx(-1.0)
+    constant = np.repeat(gt[2:3], 4, axis=0)
+    assert centre_correlation(gt, constant) == (None, None)  # one box for every query: undefined
+    unparsed = gt.copy()
+    unparsed[0] = np.nan
+    assert centre_correlation(gt, unparsed) == pytest.approx((1.0, 1.0))

@@ -77,6 +77,21 @@ def test_tokenizer_boxes_digits_and_specials(tmp_path):
     assert again.decode(again(box, add_special_tokens=False)["input_ids"]) == box
 
 
+def test_whole_number_tokenizer_makes_each_corner_one_token(tmp_path):
+    tok = build_word_tokenizer(NAMES, whole_numbers=True)
+    box = " [112,28,224,56]"
+    ids = tok(box, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["▁", "[", "112", ",", "28", ",", "224", ",", "56", "]"]
+    assert tok.decode(ids) == box
+    assert tok(" 3", add_special_tokens=False)["input_ids"][-1] == tok.convert_tokens_to_ids("3")
+    assert tok(" 225", add_special_tokens=False)["input_ids"][-1] == tok.unk_token_id  # above the range
+    save_tokenizer(tok, tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    assert again(box, add_special_tokens=False)["input_ids"] == ids  # the rule travels with the files
+    digits = build_word_tokenizer(NAMES)
+    assert len(tok) == len(digits) + 215  # 10..224; the default tokenizer is unchanged
+
+
 def test_words_from_names_and_stable_ids():
     words = words_from_names(["Traffic light", "t-shirt", "bow (weapon)"])
     assert words == ["bow", "light", "shirt", "t", "traffic", "weapon"]

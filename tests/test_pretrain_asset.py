@@ -100,3 +100,41 @@ def test_pretraining_twice_writes_the_same_bytes_and_times_elsewhere(tmp_path):
     assert b"seconds" not in first["mini_vlm/mini_vlm.json"] and b"seconds" not in first["pretrain.json"]
     timing = json.loads((tmp_path / "timing.json").read_text())["pretrain_vlm"]
     assert set(timing) == {"vision_seconds", "language_seconds"}
+
+
+def _tiny_train_params(**kw):
+    return parse_section("pretrain", {"source": "train", "vision_steps": 2, "lm_steps": 2, "batch_size": 4,
+                                      "image_size": 16, "vision_width": 16, "vision_layers": 1, "lm_width": 16,
+                                      "lm_layers": 2, **kw})
+
+
+def test_vision_from_keeps_the_donor_vit_and_trains_the_rest(tmp_path):
+    # the from-scratch recipes of the mini-VLM issue: a seeing ViT kept, the language side new
+    from pin.vlm.mini import load_mini_parts
+    from pin.vlm.pretrain import pretrain_mini
+
+    images, probe = [image(i, ["dog"] if i % 2 else ["cup", "dog"]) for i in range(6)], [image(9, ["cup"])]
+    donor = tmp_path / "donor"
+    pretrain_mini(_tiny_train_params(seed=1), images, probe, str(donor), str(tmp_path / "d.json"))
+    p = _tiny_train_params(vision_from=str(donor), latents=8, numbers="whole", slot="mixed")
+    pretrain_mini(p, images, probe, str(tmp_path / "new"), str(tmp_path / "n.json"))
+    old, _, _, _ = load_mini_parts(donor)
+    new, _, tok, config = load_mini_parts(tmp_path / "new")
+    for (k, a), (_, b) in zip(old.vision_encoder.state_dict().items(), new.vision_encoder.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not torch.equal(old.perceiver.latents, new.perceiver.latents[: old.perceiver.latents.shape[0]])
+    assert config.perceiver_latents == 8 and tok.convert_ids_to_tokens(tok(" 112")["input_ids"])[-1] == "112"
+    metrics = json.loads((tmp_path / "n.json").read_text())
+    assert metrics["vision"]["steps"] == 0 and metrics["vision"]["kept_from"] == str(donor)
+    assert metrics["recipe"] == {**metrics["recipe"], "latents": 8, "numbers": "whole", "slot": "mixed"}
+
+
+def test_vision_from_refuses_another_tower(tmp_path):
+    from pin.vlm.pretrain import pretrain_mini
+
+    images, probe = [image(i, ["dog"]) for i in range(4)], [image(9, ["dog"])]
+    donor = tmp_path / "donor"
+    pretrain_mini(_tiny_train_params(), images, probe, str(donor), str(tmp_path / "d.json"))
+    with pytest.raises(PinError, match=r"pretrain\.vision_from: .*vision_width"):
+        pretrain_mini(_tiny_train_params(vision_from=str(donor), vision_width=32), images, probe,
+                      str(tmp_path / "new"), str(tmp_path / "n.json"))

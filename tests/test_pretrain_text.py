@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import pytest
 
-from pin.vlm.pretrain_text import TEXT_MIX, ObjectFact, TextRecipe, make_text
+from pin.vlm.pretrain_text import KINDS, RELATION, TEXT_MIX, ObjectFact, TextRecipe, make_text
 
 NAMES = ["dog", "cup", "kite", "teddy bear", "apple"]
 
@@ -22,7 +22,7 @@ def facts(objs, cell=28):
 @settings(max_examples=200, deadline=None)
 @given(objs=objects_st, seed=st.integers(0, 2**32), kind=st.sampled_from(sorted(TEXT_MIX)),
        perm_seed=st.integers(0, 100))
-@pytest.mark.parametrize("slot", ["origin", "anywhere"])
+@pytest.mark.parametrize("slot", ["origin", "anywhere", "size", "mixed", "attributes"])
 def test_text_ignores_paste_order_and_position(objs, seed, kind, perm_seed, slot):
     # ObjectFact holds no position at all; what remains to check is that the paste order (which
     # correlates with position in C: later objects are placed around earlier ones) leaks nothing.
@@ -82,3 +82,73 @@ def test_recipe_rejects_unknown_kinds_and_slots():
         TextRecipe(mix=(("gossip", 1.0),))
     with pytest.raises(ValueError, match="slot must be"):
         TextRecipe(slot="center")
+
+
+@settings(max_examples=200, deadline=None)
+@given(objs=objects_st, seed=st.integers(0, 2**32))
+def test_size_slot_corner_is_read_from_the_size(objs, seed):
+    # The corner is a function of the named object's size: the LM must read the image to write
+    # x1/y1, yet the text still says nothing about where the object is.
+    f = facts(objs)
+    t = make_text(f, NAMES, random.Random(seed), "slot", TextRecipe(slot="size"))
+    x1, y1, x2, y2 = (int(v) for v in re.findall(r"\d+", t.answer))
+    w, h = x2 - x1, y2 - y1
+    assert (w, h) in {(o.width, o.height) for o in f}
+    assert (x1, y1) == (28 * (w // 28 // 2), 28 * (h // 28 // 2))
+
+
+def test_mixed_slot_uses_both_corner_rules():
+    obj = [ObjectFact("dog", 56, 84)]  # size corner (28, 28)
+    rng = random.Random(0)
+    corners = [tuple(int(v) for v in re.findall(r"\d+", make_text(obj, NAMES, rng, "slot",
+                                                                     TextRecipe(slot="mixed")).answer)[:2])
+               for _ in range(400)]
+    share = corners.count((28, 28)) / len(corners)
+    # half the texts read the size; the other half draw one of 7 x 6 cells (one of them (28, 28))
+    assert 0.45 < share < 0.6
+    assert len(set(corners)) == 42
+
+
+@settings(max_examples=100, deadline=None)
+@given(objs=objects_st, seed=st.integers(0, 2**32))
+def test_attributes_slot_is_size_area_and_name_count(objs, seed):
+    f = facts(objs)
+    t = make_text(f, NAMES, random.Random(seed), "slot", TextRecipe(slot="attributes"))
+    name = t.prompt.split("is a ", 1)[1].rsplit(" located", 1)[0]
+    w, h, area, count = (int(v) for v in re.findall(r"\d+", t.answer))
+    assert (w, h) in {(o.width, o.height) for o in f if o.name == name}
+    assert area == (w // 28) * (h // 28)
+    assert count == sum(o.name == name for o in f)
+
+
+def _moved(objs, dx_seed):
+    """The same objects at other places (names and sizes kept)."""
+    rng = random.Random(dx_seed)
+    return [ObjectFact(o.name, o.width, o.height, (rng.uniform(0, 224), rng.uniform(0, 224))) for o in objs]
+
+
+@settings(max_examples=200, deadline=None)
+@given(objs=objects_st, seed=st.integers(0, 2**32), kind=st.sampled_from(sorted(KINDS)), where=st.integers(0, 99))
+def test_moving_objects_changes_only_relation_texts(objs, seed, kind, where):
+    a, b = _moved(facts(objs), where), _moved(facts(objs), where + 1000)
+    recipe = TextRecipe(mix=(*TEXT_MIX.items(), (RELATION, 0.2)), slot="mixed")
+    ta = make_text(a, NAMES, random.Random(seed), kind, recipe)
+    tb = make_text(b, NAMES, random.Random(seed), kind, recipe)
+    if kind != RELATION:
+        assert ta == tb
+    for t in (ta, tb):  # no text ever carries a coordinate; relations answer yes/no only
+        if t.kind == RELATION:
+            assert t.answer in (" yes", " no") and not re.search(r"\d", t.prompt)
+
+
+def test_relation_answers_follow_the_centres():
+    dog, cup = ObjectFact("dog", 28, 28, (30.0, 200.0)), ObjectFact("cup", 28, 28, (150.0, 20.0))
+    seen = {}
+    rng = random.Random(0)
+    for _ in range(200):
+        t = make_text([dog, cup], NAMES, rng, RELATION)
+        seen[t.prompt.split("is the ", 1)[1].split("?")[0]] = t.answer
+    assert seen == {"dog left of the cup": " yes", "cup left of the dog": " no",
+                    "dog above the cup": " no", "cup above the dog": " yes"}
+    twins = [ObjectFact("dog", 28, 28, (30.0, 30.0)), ObjectFact("dog", 28, 28, (190.0, 30.0))]
+    assert make_text(twins, NAMES, random.Random(0), RELATION).kind == "exists"  # no unambiguous pair

@@ -79,6 +79,19 @@ def score(
     return out
 
 
+def centre_correlation(gt: np.ndarray, pred: np.ndarray) -> tuple[float | None, float | None]:
+    """Pearson correlation of the predicted box centre with the true one, x and y, over the
+    parsed answers: does the answer follow the object at all? None when it cannot be computed
+    (fewer than 3 parsed answers, or a constant answer)."""
+    ok = ~np.isnan(pred).any(axis=1)
+    out = []
+    for axis in (0, 1):
+        t = (gt[ok, axis] + gt[ok, axis + 2]) / 2
+        q = (pred[ok, axis] + pred[ok, axis + 2]) / 2
+        out.append(float(np.corrcoef(t, q)[0, 1]) if ok.sum() > 2 and q.std() > 0 and t.std() > 0 else None)
+    return out[0], out[1]
+
+
 def mean_std(draws: Sequence[dict]) -> dict[str, float | int | None]:
     """Average several draws of a baseline: ``miou`` is the mean, ``miou_std`` the (population)
     standard deviation over draws; counts are taken from the first draw."""

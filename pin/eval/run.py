@@ -175,6 +175,8 @@ def run_evaluate(dataset: str, eval_p, vlm: FrozenVLM, method: Method, grid: int
     if method.trains:
         own, other = iou_with_other_objects(queries, preds[method.name])
         results[method.name]["iou_own_multi"], results[method.name]["iou_other_multi"] = own, other
+    for name in results:  # raw included: its answers must not follow the object either
+        results[name]["centre_x_corr"], results[name]["centre_y_corr"] = metrics.centre_correlation(gt, preds[name])
     if method.name == "incontext":
         _add_incontext(results, preds, answers, vlm, method, feats, rows, texts, gt, image_ids, codec, parse,
                        Path(composed_dir), eval_p, max_new)

@@ -25,13 +25,15 @@ from pin.vlm.base import resolve_device
 from pin.vlm.pretrain_text import ObjectFact, PretrainText, TextRecipe, make_text
 
 
-def facts_of(image: ComposedImage) -> list[ObjectFact]:
-    """Only names and sizes cross into pretraining; positions are dropped here, structurally."""
+def facts_of(image: ComposedImage, relations: bool = False) -> list[ObjectFact]:
+    """Only names and sizes cross into pretraining; positions are dropped here, structurally,
+    unless ``relations`` (the relation kind compares two centres; no text states one)."""
     out = []
     for o in image.objects:
         x1, y1, x2, y2 = o.box
         sx, sy = 224 / image.width, 224 / image.height
-        out.append(ObjectFact(query_name(o.category), round((x2 - x1) * sx), round((y2 - y1) * sy)))
+        centre = ((x1 + x2) / 2 * sx, (y1 + y2) / 2 * sy) if relations else None
+        out.append(ObjectFact(query_name(o.category), round((x2 - x1) * sx), round((y2 - y1) * sy), centre))
     return out
 
 
@@ -325,7 +327,7 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
     with torch.no_grad():
         feats = torch.cat([adapter.patch_features(normalise(u8[i:i + 256].to(device))) for i in range(0, len(u8), 256)])
         probe_feats = adapter.patch_features(normalise(probe_u8.to(device)))
-    facts = [facts_of(im) for im in images]
+    facts = [facts_of(im, relations=p.text_mix.get("relation", 0) > 0) for im in images]
     recipe = text_recipe(p, grid)
     lang = pretrain_language(adapter, flamingo, feats, facts, vocabulary, steps=p.lm_steps, lr=p.lm_lr,
                              batch_size=p.lm_batch_size or p.batch_size, seed=p.seed, recipe=recipe, workers=workers)

@@ -44,14 +44,19 @@ END_TOKEN = "<|endofchunk|>"
 PROMPT = "In the image is a {obj} located at"
 
 TEXT_MIX = {"caption": 0.25, "exists": 0.3, "count": 0.15, "slot": 0.3}
+# Coarse relations between two named objects ("is the dog left of the cup?"), as web captions
+# carry them - never a coordinate. Off unless a recipe's mix names it; the only kind that reads
+# where objects are.
+RELATION = "relation"
+KINDS = (*TEXT_MIX, RELATION)
 SLOT_STYLES = ("origin", "anywhere", "size", "mixed", "attributes")
 
 
 def check_text_kinds(kinds: Iterable[str]) -> None:
     """Every kind must be one this module writes (the weights themselves are checked by params)."""
-    unknown = sorted(set(kinds) - set(TEXT_MIX))
+    unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
-        raise ValueError(f"unknown text kinds {unknown}; known: {sorted(TEXT_MIX)}")
+        raise ValueError(f"unknown text kinds {unknown}; known: {sorted(KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -71,11 +76,13 @@ class TextRecipe:
 
 @dataclass(frozen=True)
 class ObjectFact:
-    """What pretraining may know about an object: its name and its size, not its place."""
+    """What pretraining may know about an object: its name and its size; its centre is read by
+    the relation kind only (and compared, never written)."""
 
     name: str
     width: int  # in the 224 frame
     height: int
+    centre: tuple[float, float] | None = None  # in the 224 frame; None where relations are unused
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,7 @@ def make_text(
     if not objects:
         raise ValueError("an image needs at least one object")
     # Sorting first makes the output independent of the order objects were pasted in.
-    objects = sorted(objects, key=lambda o: (o.name, o.width, o.height))
+    objects = sorted(objects, key=lambda o: (o.name, o.width, o.height))  # never by centre
     if kind is None:
         kind = rng.choices([k for k, _ in recipe.mix], weights=[w for _, w in recipe.mix])[0]
     names = [o.name for o in objects]
@@ -152,12 +159,31 @@ def make_text(
         obj = rng.choice(objects)
         return PretrainText(kind, IMAGE_TOKEN + PROMPT.format(obj=obj.name),
                             slot_answer(obj, rng, recipe, count=names.count(obj.name)))
+    if kind == RELATION:
+        return relation_text(objects, vocabulary, rng, recipe)
     raise ValueError(f"unknown text kind {kind!r}")
+
+
+def relation_text(objects: list[ObjectFact], vocabulary: list[str], rng: random.Random,
+                  recipe: TextRecipe) -> PretrainText:
+    """ "Question: is the dog left of the cup? Answer: yes" for two objects whose names are unique
+    in the image and whose centres differ by at least one grid cell along the asked axis; an
+    image without such a pair gets an exists question instead."""
+    counts = Counter(o.name for o in objects)
+    unique = [o for o in objects if counts[o.name] == 1 and o.centre is not None]
+    pairs = [(a, b, axis) for a in unique for b in unique if a is not b for axis in (0, 1)
+             if abs(a.centre[axis] - b.centre[axis]) >= recipe.cell]
+    if not pairs:
+        return make_text(objects, vocabulary, rng, "exists", recipe)
+    a, b, axis = rng.choice(pairs)
+    word = ("left of", "above")[axis]
+    answer = "yes" if a.centre[axis] < b.centre[axis] else "no"
+    return PretrainText(RELATION, f"{IMAGE_TOKEN}Question: is the {a.name} {word} the {b.name}? Answer:", f" {answer}")
 
 
 def words_of(texts_vocabulary: list[str]) -> list[str]:
     """Every word the pretraining texts can use, for building the mini VLM's tokenizer."""
-    fixed = "a photo of and question is there answer yes no how many objects in the image located at".split()
+    fixed = "a photo of and question is there answer yes no how many objects in the image located at left above".split()
     words = set(fixed)
     for name in texts_vocabulary:
         words.update(name.split())
