@@ -252,7 +252,7 @@ class PretrainParams(Section):
     # The kinds are checked by pin.vlm.pretrain_text, which defines them.
     text_mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.2, "exists": 0.35, "count": 0.15,
                                                                 "slot": 0.3})
-    slot: Literal["origin", "anywhere", "size", "mixed", "attributes"] = "anywhere"
+    slot: Literal["origin", "anywhere", "size", "mixed", "attributes", "window"] = "anywhere"
     device: str = "cpu"  # cpu | cuda | auto (the shipped asset was pretrained on a GPU)
     # train: pretrain here (minutes on a CPU); asset: copy the pretrained weights shipped in the
     # repo (scripts/build_mini_vlm.py made them, the same code on a GPU, longer).

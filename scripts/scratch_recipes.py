@@ -43,6 +43,7 @@ RECIPES: dict[str, dict] = {
     "attributes": {"slot": "attributes"},  # the earlier positive control's [w,h,area,count]
     "size": {"slot": "size"},  # corner read from the size: image-determined
     "mixed": {"slot": "mixed"},  # half size-read corners, half free
+    "window": {"slot": "window"},  # size-read corner +-1 cell: image-read, no single greedy mode
     "whole": {"numbers": "whole"},  # one token per number
     "mixed_whole": {"slot": "mixed", "numbers": "whole"},
     "wide": {"latents": 64, "xattn_every": 1},  # OpenFlamingo-3B's fusion: 64 latents, xattn every layer

@@ -22,7 +22,7 @@ def facts(objs, cell=28):
 @settings(max_examples=200, deadline=None)
 @given(objs=objects_st, seed=st.integers(0, 2**32), kind=st.sampled_from(sorted(TEXT_MIX)),
        perm_seed=st.integers(0, 100))
-@pytest.mark.parametrize("slot", ["origin", "anywhere", "size", "mixed", "attributes"])
+@pytest.mark.parametrize("slot", ["origin", "anywhere", "size", "mixed", "attributes", "window"])
 def test_text_ignores_paste_order_and_position(objs, seed, kind, perm_seed, slot):
     # ObjectFact holds no position at all; what remains to check is that the paste order (which
     # correlates with position in C: later objects are placed around earlier ones) leaks nothing.
@@ -152,3 +152,12 @@ def test_relation_answers_follow_the_centres():
                     "dog above the cup": " no", "cup above the dog": " yes"}
     twins = [ObjectFact("dog", 28, 28, (30.0, 30.0)), ObjectFact("dog", 28, 28, (190.0, 30.0))]
     assert make_text(twins, NAMES, random.Random(0), RELATION).kind == "exists"  # no unambiguous pair
+
+
+def test_window_slot_spreads_the_size_corner_over_three_cells():
+    obj = [ObjectFact("dog", 112, 28)]  # 4 x 1 cells: size corner (56, 0)
+    rng = random.Random(0)
+    corners = {tuple(int(v) for v in re.findall(r"\d+", make_text(obj, NAMES, rng, "slot",
+                                                                     TextRecipe(slot="window")).answer)[:2])
+               for _ in range(300)}
+    assert corners == {(x, y) for x in (28, 56, 84) for y in (0, 28)}  # y = -1 cell is kept at 0

@@ -30,7 +30,9 @@ Text kinds (weights in ``TEXT_MIX``):
             at x1/y1; ``"mixed"``: that corner in half the texts, the ``anywhere`` corner in the
             other half (image-read, with entropy left for PIN to move); ``"attributes"``:
             " [w,h,a,k]", the earlier positive control's readouts (width, height, area in cells,
-            how many objects share the name), not a box.
+            how many objects share the name), not a box; ``"window"``: the size-read corner moved
+            by -1, 0 or +1 cell (uniformly, per axis, kept in the frame): image-read like
+            ``size`` but with no single most likely corner for greedy decoding to lock onto.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ TEXT_MIX = {"caption": 0.25, "exists": 0.3, "count": 0.15, "slot": 0.3}
 # where objects are.
 RELATION = "relation"
 KINDS = (*TEXT_MIX, RELATION)
-SLOT_STYLES = ("origin", "anywhere", "size", "mixed", "attributes")
+SLOT_STYLES = ("origin", "anywhere", "size", "mixed", "attributes", "window")
 
 
 def check_text_kinds(kinds: Iterable[str]) -> None:
@@ -111,7 +113,7 @@ def slot_answer(obj: ObjectFact, rng: random.Random | None = None, recipe: TextR
         area = max(round(obj.width / cell), 1) * max(round(obj.height / cell), 1)
         return f" [{obj.width},{obj.height},{area},{count}]"
     style = recipe.slot
-    if style in ("anywhere", "mixed") and rng is None:
+    if style in ("anywhere", "mixed", "window") and rng is None:
         raise ValueError(f"slot={style!r} needs a random stream")
     if style == "mixed":
         style = "size" if rng.random() < 0.5 else "anywhere"
@@ -122,6 +124,10 @@ def slot_answer(obj: ObjectFact, rng: random.Random | None = None, recipe: TextR
     elif style == "size":
         x = cell * (round(obj.width / cell) // 2)
         y = cell * (round(obj.height / cell) // 2)
+    elif style == "window":
+        last = recipe.frame // cell - 1
+        x = cell * min(max(round(obj.width / cell) // 2 + rng.choice((-1, 0, 1)), 0), last)
+        y = cell * min(max(round(obj.height / cell) // 2 + rng.choice((-1, 0, 1)), 0), last)
     return f" [{x},{y},{x + obj.width},{y + obj.height}]"
 
 
