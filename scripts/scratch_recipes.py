@@ -13,6 +13,7 @@ never trained on) with the evaluation's own box parser.
 ``--recipe`` names a row of RECIPES (pretrain params); ``-S key=value`` overrides any pretrain
 param on top; ``--model DIR`` skips pretraining and scores an existing mini VLM (e.g. the
 shipped asset). Results go to ``OUT/result.json``; the pretrained model to ``OUT/model``.
+``--table DIR`` prints the markdown table of every ``DIR/*/result.json`` instead.
 """
 from __future__ import annotations
 
@@ -120,7 +121,33 @@ def score(args, model: Path) -> dict:
     return res
 
 
+def table(root: Path) -> str:
+    """One markdown row per result: PIN and its controls, then what the pretraining reached."""
+    head = ("| run | LM pretraining | PIN run | PIN | raw | shuffled | own / other | centre-x / -y corr | distinct "
+            "| parse | captions P/R | yes/no | count | size slot |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for path in sorted(root.glob("*/result.json")):
+        r = json.loads(path.read_text())
+        pin, pre = r["pin"], r.get("pretrain", {})
+        rec = pre.get("recognition_heldout", {})
+        run = r["pin_run"]
+        lm = (f"{pre['language']['steps']} x {pre['params']['lm_batch_size'] or pre['params']['batch_size']}, "
+              f"{r['pretrain_seconds'] / 60:.0f} min" if pre else f"`{r.get('model')}`")
+        lines.append(
+            f"| {path.parent.name} | {lm} | {run['steps']} steps, lr {run['lr']:g}, {r['pin_parameters']:,} params "
+            f"| {pin['miou']:.3f} | {r['raw']['miou']:.3f} | {r['shuffled']['miou']:.3f} "
+            f"| {pin['own']:.3f} / {pin['other']:.3f} | {pin['cx_corr']:.2f} / {pin['cy_corr']:.2f} "
+            f"| {pin['distinct']} | {pin['parse']:.2f} | {rec.get('caption_precision', '-')}/{rec.get('caption_recall', '-')} "
+            f"| {rec.get('qa_exists', '-')} | {rec.get('qa_count', '-')} | {rec.get('qa_slot_size', '-')} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--table"]:
+        print(table(Path(argv[1] if len(argv) > 1 else "lab/recipes")))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="shipped")
     ap.add_argument("-S", "--set", action="append", default=[], help="override a pretrain param: key=value")

@@ -138,3 +138,12 @@ def test_vision_from_refuses_another_tower(tmp_path):
     with pytest.raises(PinError, match=r"pretrain\.vision_from: .*vision_width"):
         pretrain_mini(_tiny_train_params(vision_from=str(donor), vision_width=32), images, probe,
                       str(tmp_path / "new"), str(tmp_path / "n.json"))
+
+
+def test_slot_size_check_never_counts_two_unparsable_answers_as_a_match():
+    from pin.vlm.pretrain import _slot_size
+
+    assert _slot_size(" [28,0,84,56]") == (56, 56)
+    assert _slot_size(" [56,56,4,1]") is None  # x2 < x1: not a box
+    assert _slot_size(" [56,56,4,1]", "attributes") == (56.0, 56.0)
+    assert _slot_size(" yes", "attributes") is None

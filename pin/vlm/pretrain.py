@@ -214,7 +214,8 @@ def recognition_report(adapter, features: torch.Tensor, facts: list[list[ObjectF
             key = "slot_size" if kind == "slot" else kind
             for t, out in zip(texts, outs):
                 if kind == "slot":  # the named object's size: x2 - x1 and y2 - y1 of the slot box
-                    qa[key].append(_slot_size(out) == _slot_size(t.answer))
+                    want = _slot_size(t.answer, recipe.slot)
+                    qa[key].append(want is not None and _slot_size(out, recipe.slot) == want)
                 else:
                     qa[key].append(out.strip() == t.answer.strip())
     precision = tp / max(tp + fp, 1)
@@ -224,10 +225,16 @@ def recognition_report(adapter, features: torch.Tensor, facts: list[list[ObjectF
             "n_images": len(facts)}
 
 
-def _slot_size(text: str) -> tuple[float, float] | None:
-    """Width and height of a slot answer, read by the evaluation's own strict box parser."""
+def _slot_size(text: str, slot: str = "anywhere") -> tuple[float, float] | None:
+    """Width and height of a slot answer, read by the evaluation's own strict box parser (the
+    ``attributes`` slot is not a box: its first two numbers are the size)."""
     from pin.boxes import BoxCodec
 
+    if slot == "attributes":
+        import re
+
+        nums = re.findall(r"\d+", text)
+        return (float(nums[0]), float(nums[1])) if len(nums) >= 2 else None
     box = BoxCodec(grid=8).parse(text)  # parse reads frame coordinates; the grid plays no part
     return None if box is None else (box[2] - box[0], box[3] - box[1])
 
