@@ -21,16 +21,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def digest(split_dir: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(split_dir.glob("part-*.parquet")):
@@ -81,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             digests[workers] = digest(out_dir / "train")
             rows.append({"workers": workers, "images": args.n, "seconds": round(took, 2),
                          "images_per_s": round(args.n / took, 1)})
+
+    from pin.machine import cpu_name
 
     machine = {"platform": platform.platform(), "python": platform.python_version(),
                "cpu": cpu_name(), "cpu_count": os.cpu_count(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import sys
 import time
@@ -20,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pin.machine import cpu_name  # noqa: E402
 from pin.vlm.mini import MiniVLMConfig, build_mini_flamingo, trainable_for_pretraining  # noqa: E402
 from pin.vlm.openflamingo import OpenFlamingoAdapter, masked_answer_loss  # noqa: E402
 from pin.vlm.pretrain_text import ObjectFact, TextRecipe, make_text, words_of  # noqa: E402
@@ -71,11 +71,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cpu = platform.processor() or "cpu"
-    if Path("/proc/cpuinfo").is_file():
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
-    print(f"machine: {cpu}, {os.cpu_count()} cores, torch threads {args.threads}, latents {args.latents}, "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch threads {args.threads}, latents {args.latents}, "
           f"xattn every {args.xattn_every}, compile {args.compile}")
     for b in args.batch:
         print(f"batch {b:4d}: {run(b, args.steps, args.latents, args.xattn_every, args.compile):7.1f} texts/s",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pin.insert import InsertConfig, PositionalInsert  # noqa: E402
+from pin.machine import cpu_name  # noqa: E402
 from pin.vlm.tokenizer import build_word_tokenizer  # noqa: E402
 
 WORDS = ["dog", "cat", "red apple", "traffic light", "kite", "teddy bear", "cup", "car"]
@@ -43,13 +43,7 @@ AUTHORS_SAMPLES_PER_S = 9.6e6 / (2 * 86400) / 2  # 160 epochs x 60k images, ~2 d
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 # ---------------------------------------------------------------------------------- builders

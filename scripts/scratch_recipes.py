@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pin.composed import read_split_records  # noqa: E402
 from pin.insert import InsertConfig, PositionalInsert  # noqa: E402
+from pin.machine import cpu_name  # noqa: E402
 from pin.params import parse_section  # noqa: E402
 from pin.train import compute_features  # noqa: E402
 from pin.vlm.mini import load_mini  # noqa: E402
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"recipe": args.recipe, "set": args.set, "threads": args.threads,
-                    "cpu": _cpu_name()}
+                    "cpu": cpu_name()}
     if args.model:
         model = Path(args.model)
         result["model"] = str(model)
@@ -182,16 +183,6 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"recipe": args.recipe, "pin": r["pin"], "raw": r["raw"]["miou"],
                       "shuffled": r["shuffled"]["miou"],
                       "recognition": r.get("pretrain", {}).get("recognition_heldout")}), flush=True)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
