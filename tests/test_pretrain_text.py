@@ -19,6 +19,14 @@ def facts(objs, cell=28):
     return [ObjectFact(n, w * cell, h * cell) for n, w, h in objs]
 
 
+def corner_draws(obj, slot, n):
+    """The (x1, y1) of ``n`` slot texts for ``obj`` drawn from one random stream."""
+    rng = random.Random(0)
+    return [tuple(int(v) for v in re.findall(r"\d+", make_text(obj, NAMES, rng, "slot",
+                                                                 TextRecipe(slot=slot)).answer)[:2])
+            for _ in range(n)]
+
+
 @settings(max_examples=200, deadline=None)
 @given(objs=objects_st, seed=st.integers(0, 2**32), kind=st.sampled_from(sorted(TEXT_MIX)),
        perm_seed=st.integers(0, 100))
@@ -70,10 +78,7 @@ def test_anywhere_slot_is_a_size_at_a_random_corner(objs, seed):
 
 def test_anywhere_corners_cover_every_fitting_cell():
     obj = [ObjectFact("dog", 56, 196)]  # 2 x 7 cells: x1 in 0..6 cells, y1 in 0..1 cells
-    rng = random.Random(0)
-    corners = {tuple(int(v) for v in re.findall(r"\d+", make_text(obj, NAMES, rng, "slot",
-                                                                    TextRecipe(slot="anywhere")).answer)[:2])
-               for _ in range(400)}
+    corners = set(corner_draws(obj, "anywhere", 400))
     assert corners == {(28 * i, 28 * j) for i in range(7) for j in range(2)}
 
 
@@ -99,10 +104,7 @@ def test_size_slot_corner_is_read_from_the_size(objs, seed):
 
 def test_mixed_slot_uses_both_corner_rules():
     obj = [ObjectFact("dog", 56, 84)]  # size corner (28, 28)
-    rng = random.Random(0)
-    corners = [tuple(int(v) for v in re.findall(r"\d+", make_text(obj, NAMES, rng, "slot",
-                                                                     TextRecipe(slot="mixed")).answer)[:2])
-               for _ in range(400)]
+    corners = corner_draws(obj, "mixed", 400)
     share = corners.count((28, 28)) / len(corners)
     # half the texts read the size; the other half draw one of 7 x 6 cells (one of them (28, 28))
     assert 0.45 < share < 0.6
@@ -156,8 +158,5 @@ def test_relation_answers_follow_the_centres():
 
 def test_window_slot_spreads_the_size_corner_over_three_cells():
     obj = [ObjectFact("dog", 112, 28)]  # 4 x 1 cells: size corner (56, 0)
-    rng = random.Random(0)
-    corners = {tuple(int(v) for v in re.findall(r"\d+", make_text(obj, NAMES, rng, "slot",
-                                                                     TextRecipe(slot="window")).answer)[:2])
-               for _ in range(300)}
+    corners = set(corner_draws(obj, "window", 300))
     assert corners == {(x, y) for x in (28, 56, 84) for y in (0, 28)}  # y = -1 cell is kept at 0
