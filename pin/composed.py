@@ -17,6 +17,7 @@ class ComposedObject:
     box: tuple[int, int, int, int]  # pixels, x2/y2 exclusive
     grid_box: tuple[int, int, int, int]  # grid cells (x1, y1, x2, y2)
     referral: str
+    appearance: tuple[int, ...] = ()  # (brightness level a, saturation level s); () without compose.appearance
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ def read_split_records(split_dir: str | Path, limit: int | None = None) -> list[
                     box=tuple(int(v) for v in o["box"]),
                     grid_box=tuple(int(v) for v in o["grid_box"]),
                     referral=o.get("referral") or o["category"],
+                    appearance=tuple(int(v) for v in (o.get("appearance") or ())),
                 )
                 for o in row["objects"]
             )

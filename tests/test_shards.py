@@ -24,10 +24,10 @@ def _records(n: int) -> list[dict]:
     for i in range(n):
         w, h = 32 + 8 * i, 48
         objects = [{"category": "dog", "box": [0, 8, 16, 24], "grid_box": [0, 1, 2, 3],
-                    "referral": "left dog", "source": "images/dog/0.png"}]
+                    "referral": "left dog", "source": "images/dog/0.png", "appearance": []}]
         if i % 2:
             objects.append({"category": "hot_dog", "box": [16, 0, 32, 48], "grid_box": [2, 0, 4, 6],
-                            "referral": "hot dog", "source": "images/hot_dog/3.png"})
+                            "referral": "hot dog", "source": "images/hot_dog/3.png", "appearance": [3, 1]})
         out.append({"image_id": i + 1, "image": _jpeg(w, h, i), "format": "jpeg", "width": w,
                     "height": h, "background": f"texture:noise:{i}", "seed": 2**62 + i,
                     "objects": objects})

@@ -25,6 +25,7 @@ from PIL import Image
 from pin.categories import query_name
 from pin.errors import PinError
 from pin.params import ComposeParams
+from pin.synth.appearance import apply_appearance, appearance_levels
 from pin.synth.backgrounds import BackgroundBank, BackgroundSource, scan_backgrounds
 from pin.synth.layout import encode, layout, referrals, render, sample_count, to_pixels
 from pin.synth.objects import ObjectPool, load_object, load_object_pools
@@ -38,7 +39,7 @@ MAX_OBJECT_FAILURES = 50  # unreadable object draws per image before giving up
 CHUNK = 32  # images per worker task
 CACHE_BYTES = 256 << 20  # decoded-object LRU cache per worker
 # The modules whose code decides the shards' bytes (with categories.py): part of the resume fingerprint.
-CODE_FILES = ("compose.py", "layout.py", "objects.py", "backgrounds.py", "shards.py", "coco_export.py")
+CODE_FILES = ("compose.py", "appearance.py", "layout.py", "objects.py", "backgrounds.py", "shards.py", "coco_export.py")
 
 
 def load_pools(filtered: str | Path) -> tuple[dict[str, ObjectPool], str]:
@@ -127,13 +128,16 @@ class Composer:
         if len(boxes) < a:
             stats["a_reduced"] += 1
             chosen = chosen[:len(boxes)]
-        canvas = render(background, [c[2] for c in chosen], boxes, p)
+        levels = appearance_levels(seed, boxes, p, split)
+        pictures = [apply_appearance(c[2], *lv, grid=p.grid) if lv else c[2] for c, lv in zip(chosen, levels)]
+        canvas = render(background, pictures, boxes, p)
         cats = [pool.categories[c[0]] for c in chosen]
         px = [to_pixels(b, p) for b in boxes]
         refs = referrals(cats, px) if p.referrals else [query_name(c) for c in cats]
         objects = [
-            {"category": cat, "box": list(pb), "grid_box": list(gb), "referral": ref, "source": c[1]}
-            for cat, pb, gb, ref, c in zip(cats, px, boxes, refs, chosen)
+            {"category": cat, "box": list(pb), "grid_box": list(gb), "referral": ref, "source": c[1],
+             "appearance": list(lv)}
+            for cat, pb, gb, ref, c, lv in zip(cats, px, boxes, refs, chosen, levels)
         ]
         record = {
             "image_id": index + 1,

@@ -38,6 +38,7 @@ OBJECT_TYPE = pa.struct([
     ("grid_box", pa.list_(pa.int32())),
     ("referral", pa.string()),
     ("source", pa.string()),
+    ("appearance", pa.list_(pa.int32())),  # [brightness level, saturation level]; [] without compose.appearance
 ])
 SCHEMA = pa.schema([
     ("image_id", pa.int64()),

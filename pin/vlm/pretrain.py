@@ -33,7 +33,8 @@ def facts_of(image: ComposedImage, relations: bool = False) -> list[ObjectFact]:
         x1, y1, x2, y2 = o.box
         sx, sy = 224 / image.width, 224 / image.height
         centre = ((x1 + x2) / 2 * sx, (y1 + y2) / 2 * sy) if relations else None
-        out.append(ObjectFact(query_name(o.category), round((x2 - x1) * sx), round((y2 - y1) * sy), centre))
+        out.append(ObjectFact(query_name(o.category), round((x2 - x1) * sx), round((y2 - y1) * sy), centre,
+                              levels=tuple(o.appearance)))
     return out
 
 
@@ -60,11 +61,18 @@ class VisionResult:
     seconds: float
     final_loss: float
     map: float  # mean average precision over classes on held-back images
+    level_map: float = float("nan")  # the same over the appearance-level labels, when trained
 
 
 def pretrain_vision(flamingo, u8: torch.Tensor, labels: torch.Tensor, *, steps: int, lr: float, batch_size: int,
-                    seed: int, eval_u8: torch.Tensor | None = None, eval_labels: torch.Tensor | None = None
-                    ) -> VisionResult:
+                    seed: int, eval_u8: torch.Tensor | None = None, eval_labels: torch.Tensor | None = None,
+                    groups: tuple[int, ...] | None = None) -> VisionResult:
+    """``groups``: the label columns' group sizes (categories first, then e.g. brightness and
+    saturation levels), each its own softmax, so extra label kinds do not dilute the categories'
+    target; mAP is reported for the first group (``map``) and the rest (``level_map``)."""
+    groups = groups or (labels.shape[1],)
+    if sum(groups) != labels.shape[1]:
+        raise ValueError(f"label groups {groups} do not add up to {labels.shape[1]} columns")
     visual = flamingo.vision_encoder
     dev = next(visual.parameters()).device
     with torch.no_grad():
@@ -90,8 +98,7 @@ def pretrain_vision(flamingo, u8: torch.Tensor, labels: torch.Tensor, *, steps: 
         # hundreds of classes and ~2 positives per image, per-class BCE sits at the base rate
         # for hundreds of steps; this learns from the first.
         y = labels[idx].to(dev, non_blocking=True)
-        target = y / y.sum(1, keepdim=True).clamp_min(1)
-        loss = -(target * logits.log_softmax(-1)).sum(1).mean()
+        loss = sum(_soft_target_loss(lg, yg) for lg, yg in zip(logits.split(groups, 1), y.split(groups, 1)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -101,13 +108,21 @@ def pretrain_vision(flamingo, u8: torch.Tensor, labels: torch.Tensor, *, steps: 
             ema = value if ema is None else 0.8 * ema + 0.2 * value
             bar.set_postfix(loss=f"{ema:.4f}")
     visual.eval()
-    mean_ap = float("nan")
+    mean_ap = level_ap = float("nan")
     if eval_u8 is not None and len(eval_u8):
         with torch.no_grad():
             scores = torch.cat([head(visual(normalise(eval_u8[i:i + 256].to(dev)))[1]).amax(1).cpu()
-                                for i in range(0, len(eval_u8), 256)])
-        mean_ap = mean_average_precision(scores.numpy(), eval_labels.numpy())
-    return VisionResult(steps, time.perf_counter() - t0, ema or float("nan"), mean_ap)
+                                for i in range(0, len(eval_u8), 256)]).numpy()
+        first, truth = groups[0], eval_labels.numpy()
+        mean_ap = mean_average_precision(scores[:, :first], truth[:, :first])
+        if len(groups) > 1:
+            level_ap = mean_average_precision(scores[:, first:], truth[:, first:])
+    return VisionResult(steps, time.perf_counter() - t0, ema or float("nan"), mean_ap, level_ap)
+
+
+def _soft_target_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    target = y / y.sum(1, keepdim=True).clamp_min(1)
+    return -(target * logits.log_softmax(-1)).sum(1).mean()
 
 
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -259,6 +274,18 @@ def multi_hot(images: list[ComposedImage], index: dict[str, int]) -> torch.Tenso
     return labels
 
 
+def level_hot(images: list[ComposedImage], grid: int = 8) -> torch.Tensor:
+    """Image-level labels (N, 2 * grid): which brightness and which saturation levels the image's
+    objects have (web captions say "dark", "pale"; never where)."""
+    labels = torch.zeros(len(images), 2 * grid)
+    for row, im in enumerate(images):
+        for o in im.objects:
+            if len(o.appearance) == 2:
+                labels[row, o.appearance[0]] = 1
+                labels[row, grid + o.appearance[1]] = 1
+    return labels
+
+
 def category_vocabulary(images: list[ComposedImage]) -> list[str]:
     return sorted({query_name(o.category) for im in images for o in im.objects})
 
@@ -324,11 +351,16 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
     index = {name: i for i, name in enumerate(vocabulary)}
     labels = multi_hot(images, index)
     probe_labels = multi_hot(probe, index)
+    groups = (labels.shape[1],)
+    if p.vision_levels:
+        labels = torch.cat([labels, level_hot(images, grid)], 1)
+        probe_labels = torch.cat([probe_labels, level_hot(probe, grid)], 1)
+        groups = (groups[0], grid, grid)
     if p.vision_from:  # the donor's tower and its measured mAP
         vis = VisionResult(0, 0.0, float("nan"), donor_map)
     else:
         vis = pretrain_vision(flamingo, u8, labels, steps=p.vision_steps, lr=p.vision_lr, batch_size=p.batch_size,
-                              seed=p.seed, eval_u8=probe_u8, eval_labels=probe_labels)
+                              seed=p.seed, eval_u8=probe_u8, eval_labels=probe_labels, groups=groups)
 
     adapter = OpenFlamingoAdapter(flamingo, processor, tokenizer, name="mini")  # freezes everything
     with torch.no_grad():
@@ -346,6 +378,7 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
         "source": "train",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "vision": {"steps": vis.steps, "final_loss": _finite(vis.final_loss), "heldout_map": _finite(vis.map),
+                   **({"heldout_level_map": _finite(vis.level_map)} if p.vision_levels else {}),
                    **({"kept_from": p.vision_from} if p.vision_from else {})},
         "language": {"steps": lang.steps, "final_loss": round(lang.final_loss, 4)},
         "recognition_heldout": report,
@@ -353,7 +386,8 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
         "n_images": len(images),
         "n_categories": len(vocabulary),
         "recipe": {"slot": p.slot, "text_mix": dict(p.text_mix), "xattn_every": p.xattn_every,
-                   "latents": p.latents, "numbers": p.numbers, "vision_from": p.vision_from},
+                   "latents": p.latents, "numbers": p.numbers, "vision_from": p.vision_from,
+                   "vision_levels": p.vision_levels},
     }
     meta = {"vocabulary": vocabulary, "pretrain_images": len(images), "pretrain_metrics": metrics}
     save_mini(out_dir, flamingo, tokenizer, config, meta=meta)

@@ -51,7 +51,7 @@ TEXT_MIX = {"caption": 0.25, "exists": 0.3, "count": 0.15, "slot": 0.3}
 # where objects are.
 RELATION = "relation"
 KINDS = (*TEXT_MIX, RELATION)
-SLOT_STYLES = ("origin", "anywhere", "size", "mixed", "attributes", "window")
+SLOT_STYLES = ("origin", "anywhere", "size", "mixed", "attributes", "window", "appearance")
 
 
 def check_text_kinds(kinds: Iterable[str]) -> None:
@@ -85,6 +85,7 @@ class ObjectFact:
     width: int  # in the 224 frame
     height: int
     centre: tuple[float, float] | None = None  # in the 224 frame; None where relations are unused
+    levels: tuple[int, ...] = ()  # appearance levels (a, s) from compose; never a position
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,11 @@ def slot_answer(obj: ObjectFact, rng: random.Random | None = None, recipe: TextR
     elif style == "size":
         x = cell * (round(obj.width / cell) // 2)
         y = cell * (round(obj.height / cell) // 2)
+    elif style == "appearance":  # the corner is read from the object's own appearance levels
+        if len(obj.levels) != 2:
+            raise ValueError("pretrain.slot=appearance needs objects with appearance levels "
+                             "(compose.appearance: pretrain or all)")
+        x, y = cell * obj.levels[0], cell * obj.levels[1]
     elif style == "window":
         last = recipe.frame // cell - 1
         x = cell * min(max(round(obj.width / cell) // 2 + rng.choice((-1, 0, 1)), 0), last)
@@ -139,7 +145,7 @@ def make_text(
     if not objects:
         raise ValueError("an image needs at least one object")
     # Sorting first makes the output independent of the order objects were pasted in.
-    objects = sorted(objects, key=lambda o: (o.name, o.width, o.height))  # never by centre
+    objects = sorted(objects, key=lambda o: (o.name, o.width, o.height, o.levels))  # never by centre
     if kind is None:
         kind = rng.choices([k for k, _ in recipe.mix], weights=[w for _, w in recipe.mix])[0]
     names = [o.name for o in objects]
