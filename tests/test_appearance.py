@@ -101,3 +101,18 @@ def test_appearance_slot_reads_the_corner_from_the_levels(w, h, a, s):
 def test_appearance_slot_needs_levels():
     with pytest.raises(ValueError, match="compose.appearance"):
         make_text([ObjectFact("dog", 56, 56)], ["dog"], random.Random(0), "slot", TextRecipe(slot="appearance"))
+
+
+def test_vision_objective_groups_keep_categories_apart_from_levels():
+    import torch
+
+    from pin.vlm.pretrain import _soft_target_loss, pretrain_vision
+
+    y = torch.tensor([[1.0, 1.0, 0.0, 1.0, 0.0]])
+    logits = torch.zeros(1, 5)
+    # grouped: each group's target sums to one on its own, so levels cannot dilute categories
+    grouped = _soft_target_loss(logits[:, :3], y[:, :3]) + _soft_target_loss(logits[:, 3:], y[:, 3:])
+    assert float(grouped) == pytest.approx(np.log(3) + np.log(2))
+    with pytest.raises(ValueError, match="do not add up"):
+        pretrain_vision(None, torch.zeros(1, 3, 8, 8, dtype=torch.uint8), y, steps=0, lr=0.1, batch_size=1,
+                        seed=0, groups=(3, 3))

@@ -212,6 +212,8 @@ def recognition_report(adapter, features: torch.Tensor, facts: list[list[ObjectF
     rng = random.Random(seed)
     tp = fp = fn = 0
     qa: dict[str, list[bool]] = {"exists": [], "count": [], "slot_size": []}
+    if recipe.slot == "appearance":  # the readout PIN must move: x1, y1 = cell * the named object's levels
+        qa.update(slot_corner_single=[], slot_corner_multi=[])
     vocab_sorted = sorted(vocabulary, key=len, reverse=True)
     for start in range(0, len(facts), batch_size):
         sl = slice(start, start + batch_size)
@@ -227,10 +229,14 @@ def recognition_report(adapter, features: torch.Tensor, facts: list[list[ObjectF
             texts: list[PretrainText] = [make_text(objs, vocabulary, rng, kind, recipe) for objs in batch]
             outs = adapter.generate(feats, [t.prompt for t in texts], max_new_tokens=20)
             key = "slot_size" if kind == "slot" else kind
-            for t, out in zip(texts, outs):
+            for t, out, objs in zip(texts, outs, batch):
                 if kind == "slot":  # the named object's size: x2 - x1 and y2 - y1 of the slot box
                     want = _slot_size(t.answer, recipe.slot)
                     qa[key].append(want is not None and _slot_size(out, recipe.slot) == want)
+                    if recipe.slot == "appearance":
+                        corner = _slot_corner(out)
+                        qa["slot_corner_multi" if len(objs) > 1 else "slot_corner_single"].append(
+                            corner is not None and corner == _slot_corner(t.answer))
                 else:
                     qa[key].append(out.strip() == t.answer.strip())
     precision = tp / max(tp + fp, 1)
@@ -252,6 +258,13 @@ def _slot_size(text: str, slot: str = "anywhere") -> tuple[float, float] | None:
         return (float(nums[0]), float(nums[1])) if len(nums) >= 2 else None
     box = BoxCodec(grid=8).parse(text)  # parse reads frame coordinates; the grid plays no part
     return None if box is None else (box[2] - box[0], box[3] - box[1])
+
+
+def _slot_corner(text: str) -> tuple[float, float] | None:
+    from pin.boxes import BoxCodec
+
+    box = BoxCodec(grid=8).parse(text)
+    return None if box is None else (box[0], box[1])
 
 
 def _names_in(caption: str, vocab_sorted: list[str]) -> list[str]:
