@@ -37,6 +37,10 @@ def main(eval_path: str = "metrics/eval/synthetic.json", pretrain_path: str = "m
     print(f"recognition (held-out images): captions P/R {rec.get('caption_precision')}/{rec.get('caption_recall')}, "
           f"yes/no {rec.get('qa_exists')}, count {rec.get('qa_count')}, size slot {rec.get('qa_slot_size')}; "
           f"vision mAP {pre.get('vision', {}).get('heldout_map')}")
+    if "qa_slot_corner_single" in rec:  # the appearance slot: the readout PIN must move
+        print(f"appearance readout before PIN (x1,y1 = cell * the named object's levels): single-object "
+              f"{rec['qa_slot_corner_single']}, multi-object {rec.get('qa_slot_corner_multi')}; "
+              f"level mAP {pre.get('vision', {}).get('heldout_level_map')}")
     floor = {
         "floor: PIN > constant": pin > const,
         "floor: centre-x correlation >= 0.5": cx is not None and cx >= 0.5,
