@@ -257,10 +257,10 @@ CASES = [
          r".*dropped \{'corrupt': 1.*", code=0),
     Case("corrupt_many", "3 of 20 object PNGs empty (0 bytes)", "filter", _corrupt(3),
          P("3/20 object PNGs under data/objects are unreadable or empty (> filter.max_corrupt=0.1); rerun the "
-           "generate stage. Examples: [") + ".*images/apple/0.png: UnidentifiedImageError: cannot identify image file .*"),
+           "generate stage. Examples: [") + ".*images/apple/0.png: not an image file Pillow can read.*"),
     Case("truncated_many", "3 of 20 object PNGs truncated", "filter", _corrupt(3, truncated=True),
          P("3/20 object PNGs under data/objects are unreadable or empty (> filter.max_corrupt=0.1); rerun the "
-           "generate stage. Examples: [") + ".*images/apple/0.png: .*"),
+           "generate stage. Examples: [") + ".*images/apple/0.png: cannot decode the image \\(OSError: .*"),
     Case("manifest_missing", "data/objects/manifest.parquet missing", "filter", lambda ws: write_params(ws),
          P("data/objects/manifest.parquet not found: run the generate stage first (dvc repro generate)")),
     Case("manifest_empty", "data/objects/manifest.parquet 0 bytes", "filter",

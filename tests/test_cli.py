@@ -150,7 +150,7 @@ def test_open_image_applies_exif_orientation(tmp_path):
     with pytest.raises(PinError, match="no such image"):
         loc.open_image(tmp_path / "nope.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    with pytest.raises(PinError, match="not a readable image"):
+    with pytest.raises(PinError, match="bad.jpg: not an image file"):
         loc.open_image(tmp_path / "bad.jpg")
 
 

@@ -251,7 +251,7 @@ def run_compose(
     from pin.synth import shards as sh
     from pin.synth.coco_export import export_coco
 
-    backgrounds = scan_backgrounds(p.backgrounds)  # once: the workers get the file list
+    backgrounds = scan_backgrounds(p.backgrounds, size=p.image_size)  # once: the workers get the file list
     check_backgrounds(backgrounds, p)
     pools, objects_fp = load_pools(filtered)
     sizes = split_sizes(p)
