@@ -47,7 +47,10 @@ def _here_or_project(path: Path) -> Path:
 
 
 def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
+    from pin.stage import error_line, one_line
+
+    # a plain ValueError is a library's deliberate message about our input (pydantic, config)
+    typer.echo(f"error: {one_line(err) if type(err) is ValueError else error_line(err)}", err=True)
     raise typer.Exit(1)
 
 
@@ -291,10 +294,22 @@ def check_weights(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pin`` console script (``[project.scripts]``); returns the exit code."""
+    from pin.stage import debug, error_line
+
     try:
         app(args=argv, prog_name="pin", standalone_mode=True)
     except SystemExit as stop:
         return int(stop.code or 0) if not isinstance(stop.code, str) else 1
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line; PIN_DEBUG=1 adds the traceback
+        typer.echo(f"error: {error_line(err)}", err=True)
+        if debug():
+            import traceback
+
+            traceback.print_exc()
+        return 1
     return 0
 
 

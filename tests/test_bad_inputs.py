@@ -359,6 +359,59 @@ def test_bad_input(case: Case, tmp_path):
     check(case, tmp_path)
 
 
+def _raises(err: BaseException) -> Callable[[], None]:
+    def main():
+        raise err
+    return main
+
+
+@pytest.mark.parametrize("err, line", [
+    (KeyError("x"), "unexpected KeyError (a bug? rerun with PIN_DEBUG=1 for the traceback) (KeyError: 'x')"),
+    (FileNotFoundError(2, "No such file or directory", "data/x.json"), "data/x.json: No such file or directory"),
+    (PermissionError(13, "Permission denied", "models/pin"), "models/pin: Permission denied"),
+    (OSError("image file is truncated"), "cannot read or write a file (OSError: image file is truncated)"),
+])
+def test_stage_error_line_says_where_what_and_why(err, line, capsys, monkeypatch):
+    from pin.stage import run_stage
+
+    monkeypatch.delenv("PIN_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        run_stage("s", _raises(err))
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [f"[s] error: {line}"]
+
+
+def test_library_errors_carry_their_message_and_file(tmp_path, capsys, monkeypatch):
+    """Pillow and pyarrow quote the file in their message; the line starts with it."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from pin.stage import run_stage
+
+    monkeypatch.delenv("PIN_DEBUG", raising=False)
+    (tmp_path / "a.png").write_bytes(b"no picture")
+    (tmp_path / "b.parquet").write_bytes(b"PAR1 no footer")
+    for main, what in ((lambda: Image.open(tmp_path / "a.png"), "not an image file Pillow can read "
+                        "(UnidentifiedImageError: cannot identify image file"),
+                       (lambda: pq.read_table(tmp_path / "b.parquet"), "not a readable Parquet/Arrow file "
+                        "(ArrowInvalid: ")):
+        with pytest.raises(SystemExit):
+            run_stage("s", main)
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"[s] error: {tmp_path}/"), err
+        assert what in err[0]
+
+
+def test_pin_debug_shows_the_traceback(capsys, monkeypatch):
+    from pin.stage import run_stage
+
+    monkeypatch.setenv("PIN_DEBUG", "1")
+    with pytest.raises(SystemExit):
+        run_stage("s", _raises(KeyError("x")))
+    err = capsys.readouterr().err
+    assert err.startswith("[s] error: unexpected KeyError") and "Traceback (most recent call last)" in err
+
+
 if __name__ == "__main__":
     import tempfile
 
