@@ -197,12 +197,38 @@ class VLMParams(Section):
     # larger patch grid (paper Tab. 3 "Higher resolution"); null: the encoder's own size.
     image_size: int | None = Field(None, ge=8)
 
+    @model_validator(mode="after")
+    def _image_size_fits_the_patch(self):
+        # Known here for the paper profile (open_clip names carry the patch: ViT-L-14; BLIP-2's
+        # ViT-g is /14); the mini VLM's patch is in its own config, checked when it is loaded.
+        patch = None
+        if self.name == "blip2":
+            patch = 14
+        elif self.name == "openflamingo":
+            m = re.match(r"^ViT-[A-Za-z0-9]+-(\d+)(?:-|$)", self.clip_model)
+            patch = int(m.group(1)) if m else None
+        if self.image_size is not None and patch:
+            if self.image_size % patch:
+                raise ValueError(f"image_size: must be a multiple of the {self.name} vision encoder's patch "
+                                 f"size {patch} (got {self.image_size})")
+            if self.image_size < 2 * patch:
+                raise ValueError(f"image_size: too small: at least 2 patches of {patch} px a side "
+                                 f"(got {self.image_size})")
+        return self
+
 
 class InsertParams(Section):
     layers: int = Field(2, ge=0, le=3)
     table: Literal["sinusoidal", "learned"] = "sinusoidal"
     layout: Literal["swiglu", "authors"] = "swiglu"
     hidden: list[int] | None = None
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, hidden: list[int] | None) -> list[int] | None:
+        if hidden is not None and any(h < 1 for h in hidden):
+            raise ValueError(f"every hidden width must be >= 1 (got {hidden})")
+        return hidden
 
 
 class BaselinesParams(Section):
@@ -253,13 +279,20 @@ class PretrainParams(Section):
     text_mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.2, "exists": 0.35, "count": 0.15,
                                                                 "slot": 0.3})
     slot: Literal["origin", "anywhere", "size", "mixed", "attributes", "window"] = "anywhere"
-    device: str = "cpu"  # cpu | cuda | auto (the shipped asset was pretrained on a GPU)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (the shipped asset was pretrained on a GPU)
     # train: pretrain here (minutes on a CPU); asset: copy the pretrained weights shipped in the
     # repo (scripts/build_mini_vlm.py made them, the same code on a GPU, longer).
     source: Literal["train", "asset"] = "asset"
     asset: str = "assets/mini_vlm"
     max_images: int | None = Field(None, ge=1)
     seed: int = 0
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
+            raise ValueError(f"must be cpu, cuda, cuda:N or auto (got {device!r})")
+        return device
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -337,6 +370,32 @@ def parse_method(raw: dict, known: Collection[str]) -> str:
     return value
 
 
+# Top-level keys of params.yaml besides the sections: DVC refuses a file with others, and so do we
+# (a misspelled section, `trian:`, would otherwise run on defaults).
+TOP_LEVEL = ("method",)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: object, line: int, inside: str):
+        super().__init__(f"duplicate key {key!r} at line {line}{inside}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last; DVC refuses)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1,
+                                    f" (first at line {seen[key]})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path = "params.yaml") -> dict:
     path = Path(path)
     if not path.exists():
@@ -348,7 +407,9 @@ def load_yaml(path: str | Path = "params.yaml") -> dict:
     if not text.strip():
         raise ParamsError(f"{path}: the params file is empty")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as err:
+        raise ParamsError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -356,6 +417,14 @@ def load_yaml(path: str | Path = "params.yaml") -> dict:
         raise ParamsError(f"{path}: not valid YAML{at}: {what}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    unknown = [k for k in data if k not in SECTIONS and k not in TOP_LEVEL]
+    if unknown:
+        import difflib
+
+        known = sorted((*SECTIONS, *TOP_LEVEL))
+        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), known, 1))
+                             else "") for k in unknown]
+        raise ParamsError(f"{path}: unknown top-level section {', '.join(hints)}; known: {', '.join(known)}")
     return data
 
 
