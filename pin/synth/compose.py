@@ -186,6 +186,25 @@ def _init_worker(p: ComposeParams, objects_dir: str, pools: dict, backgrounds: B
     _WORKER = Composer(p, objects_dir, pools, backgrounds)
 
 
+_START_ERROR: str | None = None  # why this worker process could not start (sent back with its first task)
+
+
+def _start_worker(blob: bytes) -> None:
+    """A pool worker's initializer. The arguments travel pickled and are unpickled here, so that
+    any failure to start (an object it cannot unpickle, an import that fails, a file it cannot
+    read) is kept and raised, with its message, by the worker's first task: an initializer that
+    raises would make the pool respawn workers forever or die without saying why."""
+    global _START_ERROR
+    try:
+        import pickle
+
+        _init_worker(*pickle.loads(blob))
+    except Exception as err:  # noqa: BLE001 - reported by _compose_chunk
+        from pin.stage import error_line
+
+        _START_ERROR = error_line(err)
+
+
 def _reset_worker() -> None:
     global _WORKER
     _WORKER = None  # free the in-process caches (objects, photo levels)
@@ -193,6 +212,8 @@ def _reset_worker() -> None:
 
 def _compose_chunk(task: tuple[str, int, int]) -> tuple[str, int, list[dict], dict]:
     split, start, stop = task
+    if _START_ERROR is not None:
+        raise PinError(f"a compose worker process could not start: {_START_ERROR}")
     assert _WORKER is not None
     records, stats = [], _empty_stats()
     for index in range(start, stop):
@@ -243,6 +264,9 @@ def run_compose(
     """The compose stage. Resumable: shards already written with the same config are kept.
 
     Returns the metrics plus ``run`` (shards written / reused this time)."""
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
 
     from tqdm import tqdm
@@ -275,8 +299,12 @@ def run_compose(
         for k, (start, stop) in enumerate(sh.shard_ranges(sizes[split], p.shard_size)):
             path = out_dir / split / sh.shard_name(k)
             if path.exists():
-                reused += 1
-                continue
+                damage = sh.check_shard(path, stop - start)
+                if damage is None:
+                    reused += 1
+                    continue
+                print(f"[compose] warning: rebuilding {path}: {damage}")
+                path.unlink()
             todo_shards[(split, start)] = (path, stop)
             tasks += [(split, s, min(stop, s + CHUNK)) for s in range(start, stop, CHUNK)]
 
@@ -285,9 +313,11 @@ def run_compose(
     written = 0
     with tqdm(total=n_todo, desc="compose", unit="img", disable=not progress) as bar:
         if p.workers > 1 and len(tasks) > 1:
-            ctx = get_context("spawn")
-            pool = ctx.Pool(min(p.workers, len(tasks)), initializer=_init_worker, initargs=init_args)
-            results = pool.imap(_compose_chunk, tasks)
+            # a ProcessPoolExecutor, not a multiprocessing.Pool: a worker that dies is reported
+            # (BrokenProcessPool) instead of respawned forever with the stage hanging at 0%
+            pool = ProcessPoolExecutor(min(p.workers, len(tasks)), mp_context=get_context("spawn"),
+                                       initializer=_start_worker, initargs=(pickle.dumps(init_args),))
+            results = pool.map(_compose_chunk, tasks)  # in task order
         else:
             pool = None
             _init_worker(*init_args)
@@ -307,14 +337,12 @@ def run_compose(
                 if current[1] + len(buf) == stop:
                     sh.write_shard(path, buf, _shard_meta(stats))
                     written += 1
-        except BaseException:
-            if pool is not None:
-                pool.terminate()  # do not wait for the queued chunks after an error / Ctrl-C
-            raise
+        except BrokenProcessPool as err:
+            raise PinError(f"a compose worker process died ({err or 'no reason given'}); the {written} shards "
+                           f"finished this run are kept under {out_dir}: rerun to resume") from None
         finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
+            if pool is not None:  # queued chunks are dropped after an error / Ctrl-C
+                pool.shutdown(wait=True, cancel_futures=True)
             _reset_worker()
 
     export_coco(out_dir / "heldout", pools["heldout"].categories)
