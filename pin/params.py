@@ -12,12 +12,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ParamsError(ValueError):
-    """A bad params file or value; the message names the offending key."""
+from pin.params_file import ParamsError, read_mapping  # noqa: F401 - ParamsError: part of this module's API
 
 
 def _numeric(annotation) -> bool:
@@ -375,48 +372,10 @@ def parse_method(raw: dict, known: Collection[str]) -> str:
 TOP_LEVEL = ("method",)
 
 
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: object, line: int, inside: str):
-        super().__init__(f"duplicate key {key!r} at line {line}{inside}")
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last; DVC refuses)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise _DuplicateKey(key, key_node.start_mark.line + 1,
-                                    f" (first at line {seen[key]})")
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_yaml(path: str | Path = "params.yaml") -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ParamsError(f"{path}: params file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ParamsError(f"{path}: cannot read ({err})") from None
-    if not text.strip():
-        raise ParamsError(f"{path}: the params file is empty")
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except _DuplicateKey as err:
-        raise ParamsError(f"{path}: {err}") from None
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-        what = getattr(err, "problem", None) or type(err).__name__
-        raise ParamsError(f"{path}: not valid YAML{at}: {what}") from None
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    """params.yaml as a mapping (:func:`pin.params_file.read_mapping`: file-level checks) whose
+    top-level keys are all known sections (or ``method``)."""
+    data = read_mapping(path)
     unknown = [k for k in data if k not in SECTIONS and k not in TOP_LEVEL]
     if unknown:
         import difflib
@@ -424,7 +383,7 @@ def load_yaml(path: str | Path = "params.yaml") -> dict:
         known = sorted((*SECTIONS, *TOP_LEVEL))
         hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), known, 1))
                              else "") for k in unknown]
-        raise ParamsError(f"{path}: unknown top-level section {', '.join(hints)}; known: {', '.join(known)}")
+        raise ParamsError(f"{Path(path)}: unknown top-level section {', '.join(hints)}; known: {', '.join(known)}")
     return data
 
 
