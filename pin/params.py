@@ -369,7 +369,17 @@ def parse_method(raw: dict, known: Collection[str]) -> str:
 
 # Top-level keys of params.yaml besides the sections: DVC refuses a file with others, and so do we
 # (a misspelled section, `trian:`, would otherwise run on defaults).
-TOP_LEVEL = ("method",)
+TOP_LEVEL = ("method", "threads")
+DEFAULT_THREADS = 2  # params.yaml `threads`: what the committed metrics were made with
+
+
+def parse_threads(raw: dict) -> int:
+    """The top-level ``threads`` of a params mapping (default 2): the CPU threads every stage
+    computes with, whatever the core count and OMP_NUM_THREADS (:func:`pin.stage.apply_threads`)."""
+    value = raw.get("threads", DEFAULT_THREADS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParamsError(f"threads: must be a whole number >= 1 (got {value!r})")
+    return value
 
 
 def load_yaml(path: str | Path = "params.yaml") -> dict:

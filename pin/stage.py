@@ -138,14 +138,42 @@ def describe_outputs(outputs: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
+def apply_threads(n: int) -> None:
+    """Compute with ``n`` CPU threads (params.yaml ``threads``) whatever the machine: a float sum
+    split over another number of threads rounds differently, so the same params would give other
+    bytes on another core count or OMP_NUM_THREADS. The environment covers libraries imported
+    later (and child processes); torch, when already imported, is set directly."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+        if torch.get_num_interop_threads() != n:
+            try:
+                torch.set_num_interop_threads(n)
+            except RuntimeError:  # only before the first parallel work; it changes no result
+                pass
+
+
+def stage_threads(params_file: str | Path = "params.yaml") -> int:
+    """params.yaml's ``threads`` (the default when there is no params file: the stage then
+    reports that itself)."""
+    from pin import params
+
+    return params.parse_threads(params.load_yaml(params_file)) if Path(params_file).is_file() \
+        else params.DEFAULT_THREADS
+
+
 def run_stage(name: str, main: Callable[[], str | None], outputs: Sequence[str] | None = None) -> None:
     """Run a stage's ``main``. Any failure prints ``[name] error: <path>: <what went wrong>
     (<exception message>)`` (:func:`error_line`) on stderr and exits 1; with ``PIN_DEBUG=1`` the
     full traceback follows. Ctrl-C exits 130 (every stage resumes or restarts cleanly). On success
     one summary line: what ``main`` reports, the time, and the ``outputs`` (default: the stage's
-    outputs in ``dvc.yaml``, see :func:`stage_outputs`)."""
+    outputs in ``dvc.yaml``, see :func:`stage_outputs`). Before ``main``, the CPU threads are
+    set from params.yaml's ``threads`` (:func:`apply_threads`)."""
     start = time.perf_counter()
     try:
+        apply_threads(stage_threads())
         summary = main()
     except KeyboardInterrupt:
         print(f"[{name}] interrupted; rerun to resume", file=sys.stderr)
