@@ -198,12 +198,8 @@ class VLMParams(Section):
     def _image_size_fits_the_patch(self):
         # Known here for the paper profile (open_clip names carry the patch: ViT-L-14; BLIP-2's
         # ViT-g is /14); the mini VLM's patch is in its own config, checked when it is loaded.
-        patch = None
-        if self.name == "blip2":
-            patch = 14
-        elif self.name == "openflamingo":
-            m = re.match(r"^ViT-[A-Za-z0-9]+-(\d+)(?:-|$)", self.clip_model)
-            patch = int(m.group(1)) if m else None
+        m = re.match(r"^ViT-[A-Za-z0-9]+-(\d+)(?:-|$)", self.clip_model)
+        patch = 14 if self.name == "blip2" else int(m.group(1)) if self.name == "openflamingo" and m else None
         if self.image_size is not None and patch:
             if self.image_size % patch:
                 raise ValueError(f"image_size: must be a multiple of the {self.name} vision encoder's patch "
