@@ -70,7 +70,10 @@ class Blip2Adapter(FrozenVLM):
         reachable). The Q-Former stays fp32 whatever ``dtype`` (transformers keeps it so)."""
         from transformers import AutoImageProcessor, AutoTokenizer, Blip2ForConditionalGeneration
 
+        from pin.weights import check_weights_folder
+
         where = str(path_or_id)
+        check_weights_folder(where)  # a damaged file in a local folder: one line naming it
         try:
             model = Blip2ForConditionalGeneration.from_pretrained(where, dtype=dtype, local_files_only=local_files_only)
             tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_files_only)

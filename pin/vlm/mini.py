@@ -346,6 +346,8 @@ def load_mini_parts(directory: str | Path, device: str | torch.device = "cpu"):
     :func:`save_mini`; the model is left trainable (for resuming a pretraining run)."""
     from safetensors.torch import load_model
 
+    from pin.weights import check_weights_file
+
     directory = Path(directory)
     info = read_mini_config(directory)
     try:
@@ -356,6 +358,7 @@ def load_mini_parts(directory: str | Path, device: str | torch.device = "cpu"):
     if len(tokenizer) != info["vocab_size"]:
         raise PinError(f"{directory}: tokenizer has {len(tokenizer)} tokens, config says {info['vocab_size']}")
     flamingo = _build(config, tokenizer)
+    check_weights_file(directory / WEIGHTS_FILE)  # a truncated file: one line naming it
     try:
         load_model(flamingo, str(directory / WEIGHTS_FILE), strict=True)
     except (RuntimeError, KeyError, OSError) as err:
