@@ -146,7 +146,8 @@ class CocoPaths(Section):
 
 
 class VocPaths(Section):
-    root: str | None = None  # the VOC2007 folder: Annotations/, JPEGImages/, ImageSets/Main/test.txt
+    root: str | None = None  # the VOC2007 folder: Annotations/, JPEGImages/, ImageSets/Main/<split>.txt
+    split: Literal["test", "val", "train", "trainval"] = "test"  # paper: VOC2007 test
 
 
 class RefCocoPaths(Section):

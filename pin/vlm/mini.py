@@ -37,6 +37,7 @@ from pin.io import DIR_MODE, atomic_write_json
 from pin.vlm.openflamingo import END_OF_CHUNK, MEDIA_TOKEN, OpenFlamingoAdapter, set_gates
 from pin.vlm.pretrain_text import words_of
 from pin.vlm.tokenizer import build_word_tokenizer, load_tokenizer, save_tokenizer, words_from_names
+from pin.weights import check_weights_file
 
 FORMAT = "pin-mini-flamingo"
 FORMAT_VERSION = 1
@@ -345,8 +346,6 @@ def load_mini_parts(directory: str | Path, device: str | torch.device = "cpu"):
     """``(flamingo, image_processor, tokenizer, config)`` from a folder written by
     :func:`save_mini`; the model is left trainable (for resuming a pretraining run)."""
     from safetensors.torch import load_model
-
-    from pin.weights import check_weights_file
 
     directory = Path(directory)
     info = read_mini_config(directory)
