@@ -97,8 +97,8 @@ def open_image(path: str | Path, mode: Mode = "RGB", *, draft: int | None = None
                 if w < 1 or h < 1:
                     raise ImageError(f"{path}: empty image ({w}x{h})")
                 if w * h > MAX_PIXELS:
-                    raise ImageError(f"{path}: {w}x{h} = {w * h:,} pixels is over the {MAX_PIXELS:,}-pixel limit "
-                                     "(a decompression bomb, or a picture to shrink first)")
+                    raise ImageError(f"{path}: over the {MAX_PIXELS:,}-pixel limit (a decompression bomb, or a "
+                                     f"picture to shrink first; {w}x{h} = {w * h:,} pixels)")
                 if draft and im.format == "JPEG":
                     im.draft("RGB", (draft, draft))
                 im.load()
@@ -108,8 +108,10 @@ def open_image(path: str | Path, mode: Mode = "RGB", *, draft: int | None = None
         raise
     except Image.UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # Pillow's check, at open
+        raise ImageError(f"{path}: over the {MAX_PIXELS:,}-pixel limit (a decompression bomb, or a picture to "
+                         f"shrink first; {err})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
         # Pillow: "image file is truncated (N bytes not processed)", "broken data stream", ...
         raise ImageError(f"{path}: cannot decode the image ({type(err).__name__}: {err})") from None
 
