@@ -56,3 +56,34 @@ def test_stages_apply_the_threads_param(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(before)
         monkeypatch.setenv("OMP_NUM_THREADS", str(before))
+
+
+SUM = """
+import sys, torch
+from pin.stage import run_stage
+
+def main():
+    x = torch.rand(4_000_000, generator=torch.Generator().manual_seed(0))
+    print(repr(x.sum().item()))  # split over the threads: its rounding depends on their number
+
+run_stage("s", main, outputs=[]) if sys.argv[1] == "stage" else main()
+"""
+
+
+def test_a_thread_sensitive_sum_is_pinned_by_the_stage(tmp_path):
+    """What the insert test cannot show at its size: a sum that differs between 1 and 2 threads
+    comes out the same under run_stage whatever OMP_NUM_THREADS."""
+    (tmp_path / "params.yaml").write_text("threads: 2\n")
+
+    def run(how: str, omp: str) -> str:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": omp, "MKL_NUM_THREADS": omp}
+        res = subprocess.run([sys.executable, "-c", SUM, how], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.splitlines()[0]
+
+    raw = {omp: run("raw", omp) for omp in ("1", "2")}
+    staged = {omp: run("stage", omp) for omp in ("1", "2")}
+    assert staged["1"] == staged["2"] == raw["2"]
+    if raw["1"] == raw["2"]:
+        pytest.skip("this machine's sum does not depend on the thread count")
