@@ -129,3 +129,17 @@ def test_truncated_backgrounds_count_as_unreadable(tmp_path):
     src = scan_backgrounds(str(tmp_path), size=32)
     assert (src.files, src.unreadable) == (("0.jpg", "1.jpg"), ("2.jpg",))
     assert src.describe()["skipped_unreadable"] == 1
+
+
+def test_evaluation_reads_pictures_as_stored(tmp_path):
+    """Dataset boxes (COCO's) are in the stored pixels' frame: no EXIF turn there; pin locate,
+    which answers in the picture as seen, turns it."""
+    from pin.eval.query import Query
+    from pin.locate import open_image as locate_open
+
+    im = Image.new("RGB", (40, 20), (200, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "phone.jpg", exif=exif)
+    q = Query("coco", "1:1", 1, tmp_path / "phone.jpg", (40, 20), "dog", "dog", 1, (0, 0, 9, 9), 1)
+    assert q.load_image().size == (40, 20) and locate_open(tmp_path / "phone.jpg").size == (20, 40)

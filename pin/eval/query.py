@@ -28,11 +28,12 @@ class Query:
         return to_frame(self.gt_box, self.image_size)
 
     def load_image(self):
-        """The picture as RGB (:func:`pin.images.open_image`: 16-bit scaled, EXIF orientation,
-        fully decoded); an ImageError (a PinError) naming the file when it cannot be used."""
+        """The picture as RGB (:func:`pin.images.open_image`: 16-bit scaled, fully decoded); an
+        ImageError (a PinError) naming the file when it cannot be used. As stored, not turned by
+        its EXIF orientation: dataset boxes (COCO's among them) are in the stored pixels' frame."""
         from pin.images import open_image
 
-        return open_image(self.image_path)
+        return open_image(self.image_path, upright=False)
 
 
 def to_frame(box, size: tuple[float, float], frame: int = FRAME) -> tuple[float, float, float, float]:
