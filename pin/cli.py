@@ -47,16 +47,31 @@ def _here_or_project(path: Path) -> Path:
 
 
 def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
+    from pin.stage import error_line, one_line
+
+    # a plain ValueError is a library's deliberate message about our input (pydantic, config)
+    typer.echo(f"error: {one_line(err) if type(err) is ValueError else error_line(err)}", err=True)
     raise typer.Exit(1)
 
 
-def _vlm_settings(model: str, vlm_path: Optional[Path], params_file: Path, device: str, grid: Optional[int]):
+def _params_file(given: Optional[Path]) -> Optional[Path]:
+    """``--params FILE``: it must exist; without the flag, ``params.yaml`` (here or in the project)
+    when there is one, else None (built-in defaults)."""
+    if given is None:
+        default = _here_or_project(Path("params.yaml"))
+        return default if default.is_file() else None
+    if not given.is_file():
+        raise PinError(f"{given}: params file not found (--params)")
+    return given
+
+
+def _vlm_settings(model: str, vlm_path: Optional[Path], params_file: Optional[Path], device: str,
+                  grid: Optional[int]):
     """(VLMParams, grid): params.yaml's ``vlm`` section if present, ``--model`` and paths on top."""
     from pin import params
 
-    params_file = _here_or_project(params_file)
-    raw = params.load_yaml(params_file) if params_file.is_file() else {}
+    params_file = _params_file(params_file)
+    raw = params.load_yaml(params_file) if params_file is not None else {}
     section = dict(raw.get("vlm") or {})
     trained_for = section.get("name", "mini")
     section.update(name=model, device=device)
@@ -117,8 +132,8 @@ def locate(
              "compose.grid of params.yaml, else 8/16/14 for mini/openflamingo/blip2).")] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Where to write the picture with the box (default ./<name>_located.png).")] = None,
-    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read vlm/compose from.")] = Path(
-        "params.yaml"),
+    params_file: Annotated[Optional[Path], typer.Option(
+        "--params", help="params.yaml to read vlm/compose from (default: ./params.yaml when there is one).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
@@ -267,7 +282,8 @@ def check_weights(
     blip2_model: Annotated[Optional[str], typer.Option(help="BLIP-2 folder (default vlm.blip2_model).")] = None,
     diffusers: Annotated[Optional[str], typer.Option(help="Also load this Stable Diffusion folder (generate).")] = None,
     clip: Annotated[Optional[str], typer.Option(help="Also load this open_clip weights file (filter.model).")] = None,
-    params_file: Annotated[Path, typer.Option("--params", help="params.yaml to read vlm from.")] = Path("params.yaml"),
+    params_file: Annotated[Optional[Path], typer.Option(
+        "--params", help="params.yaml to read vlm from (default: ./params.yaml when there is one).")] = None,
     device: Annotated[str, typer.Option(help="cpu (default: fp32, comparable) | cuda | auto.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -275,10 +291,10 @@ def check_weights(
     logit checksum and the greedy answer on one fixed input (compare them with another download)."""
     from pin import check_weights as cw
 
-    params_file = _here_or_project(params_file)
     flags = dict(checkpoint=checkpoint, lang_model=lang_model, clip_model=clip_model,
                  clip_pretrained=clip_pretrained, blip2_model=blip2_model)
     try:
+        params_file = _params_file(params_file)
         report = cw.check_vlm(vlm, params_file, flags, device)
         if diffusers is not None:
             report.extras += cw.check_diffusers(diffusers, device)
@@ -291,10 +307,22 @@ def check_weights(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pin`` console script (``[project.scripts]``); returns the exit code."""
+    from pin.stage import debug, error_line
+
     try:
         app(args=argv, prog_name="pin", standalone_mode=True)
     except SystemExit as stop:
         return int(stop.code or 0) if not isinstance(stop.code, str) else 1
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line; PIN_DEBUG=1 adds the traceback
+        typer.echo(f"error: {error_line(err)}", err=True)
+        if debug():
+            import traceback
+
+            traceback.print_exc()
+        return 1
     return 0
 
 

@@ -182,6 +182,9 @@ class PositionalInsert(nn.Module):
         if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
             raise PinError(f"{folder}: not a saved PositionalInsert (no config.json and model.safetensors); "
                            "train one with `dvc repro train`")
+        from pin.weights import check_weights_file
+
+        check_weights_file(folder / "model.safetensors")
         try:
             raw = json.loads((folder / "config.json").read_text())["pin_insert"]
             config = InsertConfig.from_dict(raw)

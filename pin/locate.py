@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from pin.boxes import BoxCodec
 from pin.errors import PinError
 from pin.frame import FRAME
+from pin.images import open_image, to_mode  # noqa: F401 - open_image: the CLI's reader
 
 PAD_COLOUR = (124, 116, 104)  # close to the CLIP mean: the padding reads as "nothing"
 Fit = Literal["resize", "letterbox"]
@@ -46,7 +47,7 @@ class Framing:
 
 def frame_image(image: Image.Image, fit: Fit = "resize", frame: int = FRAME) -> tuple[Image.Image, Framing]:
     """The picture as the model's square frame, and the mapping back to its pixels."""
-    image = image.convert("RGB")
+    image = to_mode(image, "RGB")
     w, h = image.size
     if w < 1 or h < 1:
         raise PinError(f"empty image ({w}x{h})")
@@ -69,19 +70,6 @@ def object_name(query: str) -> str:
     if not name:
         raise PinError("the query is empty: say what to look for, e.g. \"a dog\"")
     return name
-
-
-def open_image(path: str | Path) -> Image.Image:
-    """A picture from disk, upright (EXIF orientation applied, as a phone photo is meant to be seen)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PinError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise PinError(f"{path}: not a readable image ({err})") from None
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ParamsError(ValueError):
-    """A bad params file or value; the message names the offending key."""
+from pin.params_file import ParamsError, read_mapping  # noqa: F401 - ParamsError: part of this module's API
 
 
 def _numeric(annotation) -> bool:
@@ -153,7 +150,8 @@ class CocoPaths(Section):
 
 
 class VocPaths(Section):
-    root: str | None = None  # the VOC2007 folder: Annotations/, JPEGImages/, ImageSets/Main/test.txt
+    root: str | None = None  # the VOC2007 folder: Annotations/, JPEGImages/, ImageSets/Main/<split>.txt
+    split: Literal["test", "val", "train", "trainval"] = "test"  # paper: VOC2007 test
 
 
 class RefCocoPaths(Section):
@@ -201,12 +199,34 @@ class VLMParams(Section):
     # larger patch grid (paper Tab. 3 "Higher resolution"); null: the encoder's own size.
     image_size: int | None = Field(None, ge=8)
 
+    @model_validator(mode="after")
+    def _image_size_fits_the_patch(self):
+        # Known here for the paper profile (open_clip names carry the patch: ViT-L-14; BLIP-2's
+        # ViT-g is /14); the mini VLM's patch is in its own config, checked when it is loaded.
+        m = re.match(r"^ViT-[A-Za-z0-9]+-(\d+)(?:-|$)", self.clip_model)
+        patch = 14 if self.name == "blip2" else int(m.group(1)) if self.name == "openflamingo" and m else None
+        if self.image_size is not None and patch:
+            if self.image_size % patch:
+                raise ValueError(f"image_size: must be a multiple of the {self.name} vision encoder's patch "
+                                 f"size {patch} (got {self.image_size})")
+            if self.image_size < 2 * patch:
+                raise ValueError(f"image_size: too small: at least 2 patches of {patch} px a side "
+                                 f"(got {self.image_size})")
+        return self
+
 
 class InsertParams(Section):
     layers: int = Field(2, ge=0, le=3)
     table: Literal["sinusoidal", "learned"] = "sinusoidal"
     layout: Literal["swiglu", "authors"] = "swiglu"
     hidden: list[int] | None = None
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, hidden: list[int] | None) -> list[int] | None:
+        if hidden is not None and any(h < 1 for h in hidden):
+            raise ValueError(f"every hidden width must be >= 1 (got {hidden})")
+        return hidden
 
 
 class BaselinesParams(Section):
@@ -259,13 +279,20 @@ class PretrainParams(Section):
     slot: Literal["origin", "anywhere", "size", "mixed", "attributes", "window", "appearance"] = "anywhere"
     # the vision objective also predicts which appearance levels the image's objects have
     vision_levels: bool = False
-    device: str = "cpu"  # cpu | cuda | auto (the shipped asset was pretrained on a GPU)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (the shipped asset was pretrained on a GPU)
     # train: pretrain here (minutes on a CPU); asset: copy the pretrained weights shipped in the
     # repo (scripts/build_mini_vlm.py made them, the same code on a GPU, longer).
     source: Literal["train", "asset"] = "asset"
     asset: str = "assets/mini_vlm"
     max_images: int | None = Field(None, ge=1)
     seed: int = 0
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
+            raise ValueError(f"must be cpu, cuda, cuda:N or auto (got {device!r})")
+        return device
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -343,25 +370,33 @@ def parse_method(raw: dict, known: Collection[str]) -> str:
     return value
 
 
+# Top-level keys of params.yaml besides the sections: DVC refuses a file with others, and so do we
+# (a misspelled section, `trian:`, would otherwise run on defaults).
+TOP_LEVEL = ("method", "threads")
+DEFAULT_THREADS = 2  # params.yaml `threads`: what the committed metrics were made with
+
+
+def parse_threads(raw: dict) -> int:
+    """The top-level ``threads`` of a params mapping (default 2): the CPU threads every stage
+    computes with, whatever the core count and OMP_NUM_THREADS (:func:`pin.stage.apply_threads`)."""
+    value = raw.get("threads", DEFAULT_THREADS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParamsError(f"threads: must be a whole number >= 1 (got {value!r})")
+    return value
+
+
 def load_yaml(path: str | Path = "params.yaml") -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ParamsError(f"{path}: params file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ParamsError(f"{path}: cannot read ({err})") from None
-    if not text.strip():
-        raise ParamsError(f"{path}: the params file is empty")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-        what = getattr(err, "problem", None) or type(err).__name__
-        raise ParamsError(f"{path}: not valid YAML{at}: {what}") from None
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    """params.yaml as a mapping (:func:`pin.params_file.read_mapping`: file-level checks) whose
+    top-level keys are all known sections (or ``method``)."""
+    data = read_mapping(path)
+    unknown = [k for k in data if k not in SECTIONS and k not in TOP_LEVEL]
+    if unknown:
+        import difflib
+
+        known = sorted((*SECTIONS, *TOP_LEVEL))
+        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), known, 1))
+                             else "") for k in unknown]
+        raise ParamsError(f"{Path(path)}: unknown top-level section {', '.join(hints)}; known: {', '.join(known)}")
     return data
 
 

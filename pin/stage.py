@@ -7,6 +7,8 @@ its outputs are and how big - read from the stage's ``outs``/``metrics``/``plots
 """
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,70 @@ from pin.params import ParamsError
 def one_line(text: object) -> str:
     """A message on one line: newlines and runs of spaces from wrapped library errors collapse."""
     return " ".join(str(text).split())
+
+
+DEBUG_ENV = "PIN_DEBUG"  # PIN_DEBUG=1: a failing stage or `pin` command shows its full traceback
+
+
+def debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
+# What went wrong, by the exception's class name (libraries we read files with): the phrase
+# before the library's own message, so a user sees what kind of failure it is.
+_WHAT = {
+    "UnidentifiedImageError": "not an image file Pillow can read",
+    "DecompressionBombError": "image too large (decompression-bomb limit)",
+    "ArrowInvalid": "not a readable Parquet/Arrow file",
+    "ArrowIOError": "cannot read the Parquet/Arrow file",
+    "SafetensorError": "not a readable safetensors file",
+    "HeaderTooLarge": "not a readable safetensors file",
+    "JSONDecodeError": "not valid JSON",
+    "UnpicklingError": "not a readable pickle",
+    "YAMLError": "not valid YAML",
+    "UnicodeDecodeError": "not UTF-8 text",
+    "MemoryError": "out of memory",
+    "OSError": "cannot read or write a file",  # one without errno/strerror (Pillow's decoders, ...)
+}
+
+
+_QUOTED = re.compile(r"'([^'\n]{1,4096})'")
+
+
+def _path_of(err: BaseException) -> str | None:
+    """The file an exception is about, when it records one (OSError.filename, or a path a
+    reader attached with ``err.add_note("path: <file>")``)."""
+    name = getattr(err, "filename", None)
+    if isinstance(name, (str, os.PathLike)) and str(name):
+        return str(name)
+    for note in getattr(err, "__notes__", ()) or ():
+        if isinstance(note, str) and note.startswith("path: "):
+            return note[len("path: "):]
+    # Pillow, pyarrow and others quote the file in their message: the first quoted existing path
+    for quoted in _QUOTED.findall(str(err)):
+        if os.path.exists(quoted):
+            return quoted
+    return None
+
+
+def error_line(err: BaseException) -> str:
+    """``<path>: <what went wrong> (<exception message>)`` on one line. A PinError/ParamsError is
+    our own message, already in that form; an OSError says its strerror; another library error
+    gets a phrase for its class (:data:`_WHAT`) or, when we know none, the class name."""
+    if isinstance(err, (PinError, ParamsError)):
+        return one_line(err)
+    path = _path_of(err)
+    name = type(err).__name__
+    what = getattr(err, "strerror", None) if isinstance(err, OSError) else None
+    what = what or next((w for cls in type(err).__mro__ for k, w in _WHAT.items() if cls.__name__ == k), None)
+    message = str(err)
+    if path and what and (not message or message == what or message.endswith(f"{what}: '{path}'")
+                          or message.endswith(f"{what}: {path!r}")):
+        message = ""  # OSError's str() repeats strerror and the path
+    if what is None:
+        what = f"unexpected {name} (a bug? rerun with {DEBUG_ENV}=1 for the traceback)"
+    detail = f" ({name}: {message})" if message else ""
+    return one_line(f"{path}: {what}{detail}" if path else f"{what}{detail}")
 
 
 def human_size(n: int) -> str:
@@ -72,26 +138,53 @@ def describe_outputs(outputs: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
+def apply_threads(n: int) -> None:
+    """Compute with ``n`` CPU threads (params.yaml ``threads``) whatever the machine: a float sum
+    split over another number of threads rounds differently, so the same params would give other
+    bytes on another core count or OMP_NUM_THREADS. The environment covers libraries imported
+    later (and child processes); torch, when already imported, is set directly."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+        if torch.get_num_interop_threads() != n:
+            try:
+                torch.set_num_interop_threads(n)
+            except RuntimeError:  # only before the first parallel work; it changes no result
+                pass
+
+
+def stage_threads(params_file: str | Path = "params.yaml") -> int:
+    """params.yaml's ``threads`` (the default when there is no params file: the stage then
+    reports that itself)."""
+    from pin import params
+
+    return params.parse_threads(params.load_yaml(params_file)) if Path(params_file).is_file() \
+        else params.DEFAULT_THREADS
+
+
 def run_stage(name: str, main: Callable[[], str | None], outputs: Sequence[str] | None = None) -> None:
-    """Run a stage's ``main``. A bad input (PinError, ParamsError) or a file-system failure
-    (OSError: permission denied, disk full, ...) prints ``[name] error: <one line>`` on stderr and
-    exits 1; Ctrl-C exits 130 (every stage resumes or restarts cleanly). Anything else is a bug
-    and keeps its traceback. On success one summary line: what ``main`` reports, the time, and
-    the ``outputs`` (default: the stage's outputs in ``dvc.yaml``, see :func:`stage_outputs`)."""
+    """Run a stage's ``main``. Any failure prints ``[name] error: <path>: <what went wrong>
+    (<exception message>)`` (:func:`error_line`) on stderr and exits 1; with ``PIN_DEBUG=1`` the
+    full traceback follows. Ctrl-C exits 130 (every stage resumes or restarts cleanly). On success
+    one summary line: what ``main`` reports, the time, and the ``outputs`` (default: the stage's
+    outputs in ``dvc.yaml``, see :func:`stage_outputs`). Before ``main``, the CPU threads are
+    set from params.yaml's ``threads`` (:func:`apply_threads`)."""
     start = time.perf_counter()
     try:
+        apply_threads(stage_threads())
         summary = main()
-    except (PinError, ParamsError) as err:
-        print(f"[{name}] error: {one_line(err)}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as err:
-        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        what = err.strerror or type(err).__name__
-        print(f"[{name}] error: {one_line(where + what)}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         print(f"[{name}] interrupted; rerun to resume", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - every failure is one line; PIN_DEBUG=1 adds the traceback
+        print(f"[{name}] error: {error_line(err)}", file=sys.stderr)
+        if debug():
+            import traceback
+
+            traceback.print_exc()
+        sys.exit(1)
     took = time.perf_counter() - start
     made = describe_outputs(stage_outputs(name) if outputs is None else outputs)
     print(f"[{name}] done in {took:.1f}s" + (f": {summary}" if summary else "") + (f" -> {made}" if made else ""))

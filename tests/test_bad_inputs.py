@@ -214,6 +214,124 @@ def _shard_damaged(ws: Path) -> None:
     (split / "part-00000.parquet").write_bytes(b"PAR1 half a shard")
 
 
+
+# --- issue 24: the cases of the fault-finding round ------------------------------------------------
+def _composed(ws: Path) -> None:
+    """A finished tiny compose run (builtin backgrounds) whose shards a rerun reuses."""
+    filtered(ws)
+    write_params(ws, compose={"image_size": 112, "n_train": 4, "n_val": 0, "n_heldout": 2, "n_pretrain": 0,
+                              "shard_size": 4, "workers": 1})
+    assert run_entry("compose", ws)[0] == 0
+
+
+def _truncated_shard(ws: Path) -> None:
+    _composed(ws)
+    shard = ws / "data/composed/train/part-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+
+
+def _truncated_backgrounds(n_good: int, n_bad: int) -> Callable[[Path], None]:
+    """Background JPEGs whose header reads but whose data stops halfway."""
+    def setup(ws: Path) -> None:
+        import numpy as np
+        from PIL import Image
+
+        filtered(ws)
+        rng = np.random.default_rng(0)
+        for i in range(n_good + n_bad):
+            path = ws / f"bg/{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path, quality=90)
+            if i >= n_good:
+                path.write_bytes(path.read_bytes()[:1500])
+        write_params(ws, compose={"backgrounds": "bg", "image_size": 112, "n_train": 4, "n_val": 0,
+                                  "n_heldout": 2, "n_pretrain": 0, "shard_size": 4, "workers": 1})
+    return setup
+
+
+def _damaged_object_png(ws: Path) -> None:
+    """A finished generate run (shapes) with one of its PNGs then cut short."""
+    write_params(ws, generate={"backend": "shapes", "per_category": 1, "max_categories": 2, "image_size": 32})
+    assert run_entry("generate", ws)[0] == 0
+    png = sorted((ws / "data/objects/images").rglob("*.png"))[0]
+    png.write_bytes(png.read_bytes()[:60])
+
+
+def _train_ws(**overrides) -> Callable[[Path], None]:
+    def setup(ws: Path) -> None:
+        models(ws)
+        composed_train(ws)
+        write_params(ws, **overrides)
+    return setup
+
+
+def _mini_truncated(ws: Path) -> None:
+    _train_ws()(ws)
+    weights = ws / "models/mini_vlm/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+
+
+def _dup(kind: str) -> Callable[[Path], tuple[Path, Path]]:
+    def data(ws: Path):
+        def edit(d):
+            if kind == "image":
+                d["images"][2]["id"] = 2
+            else:
+                d["annotations"][2]["id"] = 11
+        return coco(ws, e=edit)
+    return data
+
+
+def _degenerate(ws: Path):
+    return coco(ws, e=lambda d: [a.update(bbox=[4, 3, 0, 15]) for a in d["annotations"]])
+
+
+def _voc_ok(split: str = "test", width: str = "40", difficult: str = "0") -> Callable[[Path], None]:
+    """A one-image VOC folder (a dog, and a difficult cat) that evaluates."""
+    def setup(ws: Path) -> None:
+        models(ws)
+        composed_train(ws)
+        root = ws / "VOC2007"
+        (root / "ImageSets/Main").mkdir(parents=True)
+        (root / f"ImageSets/Main/{split}.txt").write_text("000001\n")
+        (root / "Annotations").mkdir()
+        (root / "Annotations/000001.xml").write_text(
+            f"<annotation><size><width>{width}</width><height>30</height></size><object><name>dog</name>"
+            "<bndbox><xmin>2</xmin><ymin>2</ymin><xmax>20.5</xmax><ymax>20</ymax></bndbox></object>"
+            f"<object><name>cat</name><difficult>{difficult}</difficult><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+        jpeg(root / "JPEGImages/000001.jpg")
+        write_params(ws, eval={"datasets": ["pvoc"], "max_missing": 0.0, "gallery_size": 0, "paths": {
+            **PARAMS["eval"]["paths"], "pvoc": {"root": str(root), "split": "test" if split == "only" else split}}})
+    return setup
+
+
+def _lvis_v05(ws: Path) -> None:
+    """lvis-api's lvis_val_100.json layout (v0.5): file_name COCO_val2014_*, coco_url at val2017;
+    the images where a COCO-2017 user has them."""
+    models(ws)
+    composed_train(ws)
+    url = "http://images.cocodataset.org/val2017/{:012d}.jpg"
+    ims = [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg", "coco_url": url.format(i), "width": 40,
+            "height": 30} for i in (139, 285)]
+    anns = [{"id": k, "image_id": im["id"], "category_id": 1, "bbox": [4, 3, 20, 15]} for k, im in enumerate(ims, 1)]
+    data = {"images": ims, "annotations": anns,
+            "categories": [{"id": 1, "name": "dog", "synonyms": ["dog"], "frequency": "f"}]}
+    (ws / "lvis.json").write_text(json.dumps(data))
+    for im in ims:
+        jpeg(ws / "coco/val2017" / f"{im['id']:012d}.jpg")
+    write_params(ws, eval={"datasets": ["lvis"], "max_missing": 0.0, "gallery_size": 0, "paths": {
+        **PARAMS["eval"]["paths"], "lvis": {"annotations": str(ws / "lvis.json"), "images": str(ws / "coco")}}})
+
+
+def _refs_other_split(ws: Path) -> None:
+    import pickle
+
+    refs = [{"ref_id": 0, "ann_id": 11, "image_id": 1, "split": "train", "sentences": [{"sent": "the dog"}]}]
+    _refs(pickle.dumps(refs, protocol=2))(ws)
+
+
+
 P = re.escape
 CASES = [
     # --- params --------------------------------------------------------------------------------
@@ -257,10 +375,10 @@ CASES = [
          r".*dropped \{'corrupt': 1.*", code=0),
     Case("corrupt_many", "3 of 20 object PNGs empty (0 bytes)", "filter", _corrupt(3),
          P("3/20 object PNGs under data/objects are unreadable or empty (> filter.max_corrupt=0.1); rerun the "
-           "generate stage. Examples: [") + ".*images/apple/0.png: UnidentifiedImageError: cannot identify image file .*"),
+           "generate stage. Examples: [") + ".*images/apple/0.png: not an image file Pillow can read.*"),
     Case("truncated_many", "3 of 20 object PNGs truncated", "filter", _corrupt(3, truncated=True),
          P("3/20 object PNGs under data/objects are unreadable or empty (> filter.max_corrupt=0.1); rerun the "
-           "generate stage. Examples: [") + ".*images/apple/0.png: .*"),
+           "generate stage. Examples: [") + ".*images/apple/0.png: cannot decode the image \\(OSError: .*"),
     Case("manifest_missing", "data/objects/manifest.parquet missing", "filter", lambda ws: write_params(ws),
          P("data/objects/manifest.parquet not found: run the generate stage first (dvc repro generate)")),
     Case("manifest_empty", "data/objects/manifest.parquet 0 bytes", "filter",
@@ -333,13 +451,89 @@ CASES = [
          lambda ws: (models(ws), shutil.rmtree(ws / "models/pin"), write_params(ws)),
          P("models/pin: no trained method here (no config.json); train one with `dvc repro train`"),
          args=("synthetic",)),
+    # --- issue 24 --------------------------------------------------------------------------------
+    Case("section_typo", "params.yaml: `trian:` (misspelled section)", "train",
+         _raw_params("trian:\n  steps: 3\n"),
+         P("params.yaml: unknown top-level section 'trian' (did you mean 'train'?); known: baselines, compose, "
+           "eval, filter, generate, method, pin, pretrain, threads, train, vlm")),
+    Case("dup_key", "params.yaml: train.steps given twice", "train",
+         _raw_params("train:\n  steps: 3\n  steps: 4\n"),
+         P("params.yaml: duplicate key 'steps' at line 3 (first at line 2)")),
+    Case("dup_section", "params.yaml: two `compose:` sections", "compose",
+         _raw_params("compose: {grid: 8}\ncompose: {grid: 4}\n"),
+         P("params.yaml: duplicate key 'compose' at line 2 (first at line 1)")),
+    Case("hidden_zero", "-S pin.hidden=[0]", "train", _bad_params(pin={"hidden": [0]}),
+         P("pin.hidden: every hidden width must be >= 1 (got [0])")),
+    Case("image_size_patch", "-S vlm.image_size=60 (mini VLM patch 8)", "train", _train_ws(vlm={"image_size": 60}),
+         P("vlm.image_size=60: must be a multiple of the vision encoder's patch size 8 (e.g. 64)")),
+    Case("image_size_small", "-S vlm.image_size=8 (one patch)", "train", _train_ws(vlm={"image_size": 8}),
+         P("vlm.image_size=8: too small, at least 2 patches of 8 px a side (>= 16)")),
+    Case("image_size_of", "-S vlm.name=openflamingo vlm.image_size=60", "evaluate",
+         _bad_params(vlm={"name": "openflamingo", "image_size": 60}),
+         P("vlm.image_size: must be a multiple of the openflamingo vision encoder's patch size 14 (got 60)"),
+         args=("synthetic",)),
+    Case("device_gpu", "-S pretrain.device=gpu", "pretrain_vlm", _bad_params(pretrain={"device": "gpu"}),
+         P("pretrain.device: must be cpu, cuda, cuda:N or auto (got 'gpu')")),
+    Case("threads_zero", "-S threads=0", "compose", _raw_params("threads: 0\n"),
+         P("threads: must be a whole number >= 1 (got 0)")),
+    Case("mini_truncated", "models/mini_vlm/model.safetensors truncated (train)", "train", _mini_truncated,
+         P("models/mini_vlm/model.safetensors: damaged or truncated weights file (") + ".*"
+         + P("); download or save it again")),
+    Case("object_png_damaged", "a generated object PNG cut short, generate rerun", "generate", _damaged_object_png,
+         r"data/objects/images/[^ ]+\.png: damaged picture \(.+\); delete it and rerun to make it again"),
+    Case("bg_truncated_many", "background folder: 3 of 10 JPEGs truncated (header reads)", "compose",
+         _truncated_backgrounds(7, 3),
+         P("compose.backgrounds='bg': 3/10 images are unreadable (> compose.max_corrupt=0.1), "
+           "e.g. ['7.jpg', '8.jpg', '9.jpg']")),
+    Case("bg_truncated_few", "background folder: 1 of 10 JPEGs truncated (header reads)", "compose",
+         _truncated_backgrounds(9, 1), r".*skipping 1/10 unreadable background images, e\.g\. 9\.jpg.*", code=0),
+    Case("shard_reused_truncated", "a truncated composed shard, compose rerun (persisted output)", "compose",
+         _truncated_shard, r".*rebuilding data/composed/train/part-00000\.parquet: not a readable shard .*"
+         r"shards written 1, reused 1.*", code=0),
+    Case("dup_image_id", "COCO file: an image id listed twice", "evaluate", _eval(_dup("image")),
+         r".*/coco/ann\.json: images\[2\]: image id 2 is listed twice \(also images\[1\]\)", args=("coco",)),
+    Case("dup_ann_id", "COCO file: an annotation id listed twice", "evaluate", _eval(_dup("ann")),
+         r".*/coco/ann\.json: annotations\[2\]: annotation id 11 is listed twice \(also annotations\[0\]\)",
+         args=("coco",)),
+    Case("no_query", "COCO file: every box has no area", "evaluate", _eval(_degenerate),
+         P("coco: no query selected from 3 images: 3 have no usable box (boxes skipped: 3 with no area); 0 have "
+           "more than eval.max_objects=3 objects; 0 image files are missing"), args=("coco",)),
+    Case("refs_split_empty", "RefCOCO: no ref in split testA", "evaluate", _refs_other_split,
+         r".*/refs\.p: no ref in split eval\.paths\.refcoco\.split='testA' \(the file's splits: train\)",
+         args=("refcoco",)),
+    Case("voc_difficult_word", "VOC <difficult>maybe</difficult>", "evaluate", _voc_ok(difficult="maybe"),
+         r".*/000001\.xml: object 1 \(cat\): <difficult> must be 0 or 1 \(or yes/no, true/false\), got 'maybe'",
+         args=("pvoc",)),
+    Case("voc_difficult_yes", "VOC <difficult>yes</difficult>, <width>40.0</width>", "evaluate",
+         _voc_ok(width="40.0", difficult="yes"), r".*\[evaluate@pvoc\] done in .*", code=0, args=("pvoc",)),
+    Case("voc_split_missing", "VOC folder with only val.txt, eval.paths.pvoc.split=test", "evaluate",
+         lambda ws: (_voc_ok(split="val")(ws), write_params(ws, eval={"datasets": ["pvoc"], "paths": {
+             **PARAMS["eval"]["paths"], "pvoc": {"root": str(ws / "VOC2007")}}})),
+         r".*/ImageSets/Main/test\.txt: file not found \(eval\.paths\.pvoc\.root must be the VOC2007 folder; "
+         r"eval\.paths\.pvoc\.split='test', lists here: val\)", args=("pvoc",)),
+    Case("voc_split_val", "VOC folder with only val.txt, eval.paths.pvoc.split=val", "evaluate", _voc_ok(split="val"),
+         r".*\[evaluate@pvoc\] done in .*", code=0, args=("pvoc",)),
+    Case("lvis_v05", "lvis_val_100.json (v0.5 names) with COCO-2017 images", "evaluate", _lvis_v05,
+         r".*\[evaluate@lvis\] done in .*", code=0, args=("lvis",)),
 ]
+
+
+def snapshot(ws: Path) -> dict[str, bytes]:
+    """Every file under ``ws`` (inputs and earlier outputs) with its bytes' hash."""
+    import hashlib
+
+    return {p.relative_to(ws).as_posix(): hashlib.sha256(p.read_bytes()).digest()
+            for p in sorted(ws.rglob("*")) if p.is_file()}
 
 
 def check(case: Case, ws: Path) -> str:
     """Run one case; returns the line the user saw. Fails (AssertionError) on a mismatch."""
     case.setup(ws)
+    before = snapshot(ws)
     code, lines, out = run_entry(case.stage, ws, *case.args)
+    if case.code != 0:  # a refused input changes no file that was there
+        after = snapshot(ws)
+        assert {k: v for k, v in after.items() if k in before} == before, "an existing output changed"
     label = f"{case.stage}@{case.args[0]}" if case.stage == "evaluate" else case.stage
     assert not any("Traceback" in ln for ln in lines), "\n".join(lines)
     assert code == case.code, (code, lines, out)
@@ -359,6 +553,229 @@ def test_bad_input(case: Case, tmp_path):
     check(case, tmp_path)
 
 
+# ------------------------------------------------------------------------------------------------
+# the `pin` command (pin.cli.main, in-process)
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CliCase:
+    id: str
+    what: str
+    setup: Callable[[Path], list[str]]  # makes the inputs in ws, returns the arguments
+    expect: str  # regex the one stderr line must match (code 1), after "error: "
+    code: int = 1
+    verify: Callable[[Path], None] | None = None  # code 0/3: what the output must be
+
+
+def _locate(*extra: str, image: str = "photo.jpg", params: str = "p.yaml",
+            prepare: Callable[[Path], None] | None = None) -> Callable[[Path], list[str]]:
+    def setup(ws: Path) -> list[str]:
+        models(ws)
+        jpeg(ws / "photo.jpg", (64, 48))
+        (ws / "p.yaml").write_text("{}\n")
+        if prepare is not None:
+            prepare(ws)
+        return ["locate", image, "a dog", "--vlm-path", "models/mini_vlm", "--insert", "models/pin",
+                "--params", params, "-o", "out.png", *extra]
+    return setup
+
+
+def _png16(ws: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((48, 64), 90 * 257, np.uint16)).save(ws / "png16.png")
+
+
+def _grey_picture_drawn(ws: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(Image.open(ws / "out.png").convert("RGB"))
+    assert np.median(arr) == 90, "the 16-bit picture was clipped (read as white)"
+
+
+def _truncate(rel: str, keep: float = 0.5) -> Callable[[Path], None]:
+    def edit(ws: Path) -> None:
+        raw = (ws / rel).read_bytes()
+        (ws / rel).write_bytes(raw[: int(len(raw) * keep)])
+    return edit
+
+
+def _bomb(ws: Path) -> None:
+    """A PNG whose header says 20000 x 20000 pixels (400 M): refused before decoding."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(ws / "bomb.png")
+    raw = bytearray((ws / "bomb.png").read_bytes())
+    ihdr = bytes(raw[12:16]) + struct.pack(">II", 20000, 20000) + bytes(raw[24:29])
+    raw[16:24] = ihdr[4:12]
+    raw[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
+    (ws / "bomb.png").write_bytes(bytes(raw))
+
+
+def _blip2_folder(ws: Path) -> list[str]:
+    from safetensors.torch import save_file
+
+    folder = ws / "blip2"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "blip-2"}')
+    save_file({"w": torch.zeros(64)}, str(folder / "model.safetensors"))
+    _truncate("blip2/model.safetensors")(ws)
+    (ws / "p.yaml").write_text("{}\n")
+    return ["check-weights", "--vlm", "blip2", "--blip2-model", "blip2", "--params", "p.yaml"]
+
+
+def _of_checkpoint(ws: Path) -> list[str]:
+    (ws / "lm").mkdir()
+    (ws / "lm/config.json").write_text("{}")
+    torch.save({"perceiver.latents": torch.zeros(4, 4)}, ws / "checkpoint.pt")
+    _truncate("checkpoint.pt")(ws)
+    (ws / "p.yaml").write_text("{}\n")
+    return ["check-weights", "--vlm", "openflamingo", "--checkpoint", "checkpoint.pt", "--lang-model", "lm",
+            "--params", "p.yaml"]
+
+
+DAMAGED = r"models/{}/model\.safetensors: damaged or truncated weights file \(.+\); download or save it again"
+CLI_CASES = [
+    CliCase("locate_png16", "pin locate on a 16-bit grey PNG", _locate(image="png16.png", prepare=_png16),
+            "", code=-1, verify=_grey_picture_drawn),
+    CliCase("locate_params_missing", "pin locate --params FILE that does not exist", _locate(params="nope.yaml"),
+            P("nope.yaml: params file not found (--params)")),
+    CliCase("locate_params_typo", "pin locate --params with a `trian:` section",
+            _locate(prepare=lambda ws: (ws / "p.yaml").write_text("trian: {steps: 1}\n")),
+            P("p.yaml: unknown top-level section 'trian' (did you mean 'train'?); known: ") + ".*"),
+    CliCase("locate_params_dup", "pin locate --params with a key given twice",
+            _locate(prepare=lambda ws: (ws / "p.yaml").write_text("vlm:\n  device: cpu\n  device: cpu\n")),
+            P("p.yaml: duplicate key 'device' at line 3 (first at line 2)")),
+    CliCase("locate_image_size", "pin locate with vlm.image_size: 60 in --params",
+            _locate(prepare=lambda ws: (ws / "p.yaml").write_text("vlm: {image_size: 60}\n")),
+            P("vlm.image_size=60: must be a multiple of the vision encoder's patch size 8 (e.g. 64)")),
+    CliCase("locate_mini_truncated", "pin locate: the mini VLM's model.safetensors truncated",
+            _locate(prepare=_truncate("models/mini_vlm/model.safetensors")), DAMAGED.format("mini_vlm")),
+    CliCase("locate_insert_truncated", "pin locate: the insert's model.safetensors truncated",
+            _locate(prepare=_truncate("models/pin/model.safetensors")), DAMAGED.format("pin")),
+    CliCase("locate_jpeg_truncated", "pin locate on a JPEG cut short",
+            _locate(prepare=_truncate("photo.jpg", 0.6)),
+            P("photo.jpg: cannot decode the image (OSError: ") + ".*"),
+    CliCase("locate_not_image", "pin locate on a text file named .jpg",
+            _locate(prepare=lambda ws: (ws / "photo.jpg").write_text("hello")),
+            P("photo.jpg: not an image file Pillow can read")),
+    CliCase("locate_missing_image", "pin locate on a missing file", _locate(image="none.jpg"),
+            P("none.jpg: no such image file")),
+    CliCase("locate_bomb", "pin locate on a PNG declaring 20000 x 20000 pixels", _locate(image="bomb.png", prepare=_bomb),
+            P("bomb.png: over the 89,478,485-pixel limit (a decompression bomb, or a picture to shrink first; ")
+            + ".*"),
+    CliCase("locate_empty_query", "pin locate with an empty query",
+            lambda ws: [a if a != "a dog" else "  " for a in _locate()(ws)],
+            P('the query is empty: say what to look for, e.g. "a dog"')),
+    CliCase("info_truncated", "pin info on an insert with truncated weights",
+            lambda ws: (models(ws), _truncate("models/pin/model.safetensors")(ws), ["info", "models/pin"])[-1],
+            DAMAGED.format("pin")),
+    CliCase("similarity_missing", "pin similarity on a folder without an insert",
+            lambda ws: ["similarity", "nothing", "-o", "s.png"],
+            P("nothing: no trained insert here (config.json + model.safetensors). ") + ".*"),
+    CliCase("check_params_missing", "pin check-weights --params FILE that does not exist",
+            lambda ws: ["check-weights", "--vlm", "blip2", "--params", "nope.yaml"],
+            P("nope.yaml: params file not found (--params)")),
+    CliCase("check_blip2_truncated", "pin check-weights: a BLIP-2 folder with a truncated model.safetensors",
+            _blip2_folder, P("--blip2-model blip2: blip2/model.safetensors: damaged or truncated weights file (")
+            + ".*"),
+    CliCase("check_of_truncated", "pin check-weights: a truncated OpenFlamingo checkpoint.pt", _of_checkpoint,
+            P("checkpoint.pt: damaged or truncated weights file (torch zip checkpoint: ") + ".*"),
+]
+
+
+def check_cli(case: CliCase, ws: Path) -> str:
+    """Run one `pin` command in ``ws``; returns the line the user saw."""
+    import contextlib
+    import os
+
+    from pin.cli import main
+
+    old = os.getcwd()
+    os.chdir(ws)
+    try:
+        argv = case.setup(ws)
+        before = snapshot(ws)
+        err, out = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = main(argv)
+    finally:
+        os.chdir(old)
+    lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+    assert not any("Traceback" in ln for ln in lines), "\n".join(lines)
+    if case.code == -1:  # ran: a box (0) or none (3); what it drew is checked
+        assert code in (0, 3), (code, lines, out.getvalue())
+        case.verify(ws)
+        return out.getvalue().splitlines()[-1]
+    assert code == case.code, (code, lines, out.getvalue())
+    assert snapshot(ws) == before, "an existing file changed"
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert re.fullmatch(case.expect, lines[0][len("error: "):]), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
+def test_bad_input_cli(case: CliCase, tmp_path):
+    check_cli(case, tmp_path)
+
+
+def _raises(err: BaseException) -> Callable[[], None]:
+    def main():
+        raise err
+    return main
+
+
+@pytest.mark.parametrize("err, line", [
+    (KeyError("x"), "unexpected KeyError (a bug? rerun with PIN_DEBUG=1 for the traceback) (KeyError: 'x')"),
+    (FileNotFoundError(2, "No such file or directory", "data/x.json"), "data/x.json: No such file or directory"),
+    (PermissionError(13, "Permission denied", "models/pin"), "models/pin: Permission denied"),
+    (OSError("image file is truncated"), "cannot read or write a file (OSError: image file is truncated)"),
+])
+def test_stage_error_line_says_where_what_and_why(err, line, capsys, monkeypatch):
+    from pin.stage import run_stage
+
+    monkeypatch.delenv("PIN_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        run_stage("s", _raises(err))
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [f"[s] error: {line}"]
+
+
+def test_library_errors_carry_their_message_and_file(tmp_path, capsys, monkeypatch):
+    """Pillow and pyarrow quote the file in their message; the line starts with it."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from pin.stage import run_stage
+
+    monkeypatch.delenv("PIN_DEBUG", raising=False)
+    (tmp_path / "a.png").write_bytes(b"no picture")
+    (tmp_path / "b.parquet").write_bytes(b"PAR1 no footer")
+    for main, what in ((lambda: Image.open(tmp_path / "a.png"), "not an image file Pillow can read "
+                        "(UnidentifiedImageError: cannot identify image file"),
+                       (lambda: pq.read_table(tmp_path / "b.parquet"), "not a readable Parquet/Arrow file "
+                        "(ArrowInvalid: ")):
+        with pytest.raises(SystemExit):
+            run_stage("s", main)
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"[s] error: {tmp_path}/"), err
+        assert what in err[0]
+
+
+def test_pin_debug_shows_the_traceback(capsys, monkeypatch):
+    from pin.stage import run_stage
+
+    monkeypatch.setenv("PIN_DEBUG", "1")
+    with pytest.raises(SystemExit):
+        run_stage("s", _raises(KeyError("x")))
+    err = capsys.readouterr().err
+    assert err.startswith("[s] error: unexpected KeyError") and "Traceback (most recent call last)" in err
+
+
 if __name__ == "__main__":
     import tempfile
 
@@ -372,3 +789,11 @@ if __name__ == "__main__":
                 line = f"MISMATCH: {err}"
         line = line.replace(d, "<tmp>").replace("|", "\\|")
         print(f"| {case.what} | {case.stage} | `` {line} `` | {case.code} |")
+    for cli in CLI_CASES:
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                line = check_cli(cli, Path(d))
+            except AssertionError as err:
+                line = f"MISMATCH: {err}"
+        line = line.replace(d, "<tmp>").replace("|", "\\|")
+        print(f"| {cli.what} | pin | `` {line} `` | {'0/3' if cli.code == -1 else cli.code} |")

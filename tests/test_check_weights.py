@@ -67,7 +67,8 @@ def test_openflamingo_prints_sizes_and_a_stable_checksum(of_files, tmp_path, mon
     again = json.loads(run("--vlm", "openflamingo", "--params", root / "params.yaml", "--json")[1])
     assert again == report
     # flags override the params file, and the text output carries the same numbers
-    code, text = run("--vlm", "openflamingo", "--params", root / "nope.yaml", "--checkpoint", root / "checkpoint.pt",
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    code, text = run("--vlm", "openflamingo", "--params", tmp_path / "empty.yaml", "--checkpoint", root / "checkpoint.pt",
                      "--lang-model", root / "lm", "--clip-model", CLIP_NAME, "--clip-pretrained", root / "clip/weights.pt")
     assert code == 0, text
     assert f"sum {report['logit_sum']:.4f}" in text and f"{sizes['fusion']:,} parameters" in text
@@ -92,6 +93,9 @@ def test_missing_or_malformed_files_exit_1_naming_the_flag(of_files, tmp_path):
     params = ("--params", root / "params.yaml")
     code, out = run("--vlm", "openflamingo", *params, "--checkpoint", tmp_path / "absent.pt")
     assert code == 1 and "--checkpoint" in out and "absent.pt" in out and "no such file" in out
+    code, out = run("--vlm", "openflamingo", "--params", tmp_path / "none.yaml")
+    assert code == 1 and out.strip() == f"error: {tmp_path / 'none.yaml'}: params file not found (--params)"
+    (tmp_path / "none.yaml").write_text("{}\n")  # a params file without sections
     code, out = run("--vlm", "openflamingo", "--params", tmp_path / "none.yaml")  # the defaults: hub ids
     assert code == 1 and "--checkpoint openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct" in out
     assert "default vlm.checkpoint" in out
@@ -110,6 +114,7 @@ def test_missing_or_malformed_files_exit_1_naming_the_flag(of_files, tmp_path):
 
 
 def test_blip2_prints_its_three_parts(blip2_dir, tmp_path):
+    (tmp_path / "none.yaml").write_text("{}\n")  # a params file without sections: the defaults
     code, out = run("--vlm", "blip2", "--blip2-model", blip2_dir, "--params", tmp_path / "none.yaml", "--json")
     assert code == 0, out
     report = json.loads(out)

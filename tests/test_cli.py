@@ -40,6 +40,7 @@ def models(tmp_path_factory):
     site = load_mini(root / "mini_vlm").site
     torch.manual_seed(0)
     PositionalInsert(InsertConfig.for_site(site, layers=1, hidden=(16,))).save_pretrained(root / "pin")
+    (root / "no-params.yaml").write_text("{}\n")  # a params file with no sections: built-in defaults
     return root
 
 
@@ -150,7 +151,7 @@ def test_open_image_applies_exif_orientation(tmp_path):
     with pytest.raises(PinError, match="no such image"):
         loc.open_image(tmp_path / "nope.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    with pytest.raises(PinError, match="not a readable image"):
+    with pytest.raises(PinError, match="bad.jpg: not an image file"):
         loc.open_image(tmp_path / "bad.jpg")
 
 
@@ -184,15 +185,15 @@ def test_locate_command_runs_the_real_tiny_model(models, photo, tmp_path, monkey
 
 def test_locate_command_errors_say_what_to_do(models, photo, tmp_path):
     res = runner.invoke(app, ["locate", str(photo), "a dog", "--vlm-path", str(tmp_path / "none"),
-                              "--params", str(tmp_path / "none.yaml")])
+                              "--params", str(models / "no-params.yaml")])
     assert res.exit_code == 1 and "dvc repro" in res.output
     res = runner.invoke(app, ["locate", str(photo), "a dog", "--vlm-path", str(models / "mini_vlm"),
-                              "--insert", str(tmp_path / "none"), "--params", str(tmp_path / "none.yaml")])
+                              "--insert", str(tmp_path / "none"), "--params", str(models / "no-params.yaml")])
     assert res.exit_code == 1 and "dvc repro train" in res.output and "--no-insert" in res.output
     wrong = tmp_path / "wrong_pin"
     PositionalInsert(InsertConfig(n_positions=256, width=1024, layers=1, hidden=(8,))).save_pretrained(wrong)
     res = runner.invoke(app, ["locate", str(photo), "a dog", "--vlm-path", str(models / "mini_vlm"),
-                              "--insert", str(wrong), "--params", str(tmp_path / "none.yaml")])
+                              "--insert", str(wrong), "--params", str(models / "no-params.yaml")])
     assert res.exit_code == 1 and "256 positions" in res.output
     res = runner.invoke(app, ["locate", str(tmp_path / "missing.jpg"), "a dog", *_args(models)])
     assert res.exit_code == 1 and "no such image" in res.output
@@ -211,7 +212,10 @@ def test_grid_comes_from_params_when_the_model_matches(tmp_path):
     vlm_p, grid = _vlm_settings("mini", None, params, "cpu", None)
     assert (vlm_p.path, grid) == ("elsewhere", 14)
     assert _vlm_settings("openflamingo", None, params, "cpu", None)[1] == 16
-    assert _vlm_settings("mini", tmp_path / "m", tmp_path / "none.yaml", "cpu", None)[1] == 8
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    assert _vlm_settings("mini", tmp_path / "m", tmp_path / "empty.yaml", "cpu", None)[1] == 8
+    with pytest.raises(PinError, match=r"none\.yaml: params file not found \(--params\)"):
+        _vlm_settings("mini", tmp_path / "m", tmp_path / "none.yaml", "cpu", None)
     assert _vlm_settings("mini", None, params, "cpu", 4)[1] == 4
 
 
@@ -265,7 +269,7 @@ def test_locate_takes_the_grid_recorded_with_the_insert(models, photo, tmp_path,
     monkeypatch.setattr(OpenFlamingoAdapter, "generate", lambda self, *a, **k: [" [56,0,224,112]"])
     module = PositionalInsert.from_pretrained(models / "pin")
     module.save_pretrained(tmp_path / "pin4", grid=4)
-    args = ["--vlm-path", str(models / "mini_vlm"), "--params", str(tmp_path / "none.yaml"), "-o",
+    args = ["--vlm-path", str(models / "mini_vlm"), "--params", str(models / "no-params.yaml"), "-o",
             str(tmp_path / "o.png"), "--json"]
     got = json.loads(runner.invoke(app, ["locate", str(photo), "dog", "--insert", str(tmp_path / "pin4"),
                                          *args]).output)

@@ -390,3 +390,42 @@ def test_stage_entry_point(objects, tmp_path, monkeypatch):
     assert json.loads(Path("metrics/compose.json").read_text())["images"] == 4
     assert Path("data/composed/heldout/annotations.json").exists()
     assert os.path.exists("data/composed/_config.json")
+
+
+def test_a_worker_that_cannot_start_stops_the_stage_within_seconds(objects, tmp_path):
+    """multiprocessing.Pool respawned such workers forever (the stage hung at 0%); now the stage
+    fails at once with the worker's error, keeping the shards already finished."""
+    import time
+
+    from broken_worker import UnpicklableInWorker
+
+    out = tmp_path / "c"
+    first = _compose(objects, out, small())  # 6 shards
+    (out / "train" / sh.shard_name(1)).unlink()
+    (out / "val" / sh.shard_name(0)).unlink()
+    kept = _shard_bytes(out)
+    p = UnpicklableInWorker(**small(workers=2).model_dump())
+    start = time.monotonic()
+    with pytest.raises(PinError, match=r"a compose worker process could not start: unexpected RuntimeError .*"
+                                       r"\(RuntimeError: this params object cannot be unpickled in a worker\)"):
+        _compose(objects, out, p)
+    assert time.monotonic() - start < 60  # spawning 2 workers; it hung forever before
+    assert _shard_bytes(out) == kept and len(kept) == len(_shard_bytes(out)) == 4
+    assert first["run"]["shards_written"] == 6
+
+
+def test_a_damaged_reused_shard_is_rebuilt(objects, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "c"
+    _compose(objects, out, small())
+    want = _shard_bytes(out)
+    shard = out / "train" / sh.shard_name(0)
+    shard.write_bytes(shard.read_bytes()[:-40])  # truncated: the footer is gone
+    other = out / "val" / sh.shard_name(0)
+    sh.write_shard(other, pq.read_table(other).to_pylist()[:1])  # readable, one row short
+    result = _compose(objects, out, small())
+    assert result["run"] == {"shards_written": 2, "shards_reused": 4}
+    assert _shard_bytes(out) == want
+    log = capsys.readouterr().out
+    assert f"rebuilding {shard}: not a readable shard" in log and f"rebuilding {other}: 1 rows, expected 3" in log

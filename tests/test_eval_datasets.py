@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import pickle
 from pathlib import Path
@@ -310,3 +311,75 @@ def test_refcoco_only_raises_pinerror(tmp_path, refs):
 
 def test_to_frame():
     assert to_frame((0, 0, 640, 480), (640, 480)) == (0, 0, 224, 224)
+
+
+# ---- real-format files written by others (issue 24) ----------------------------------------------
+def test_lvis_v05_file_names_with_coco_2017_images(tmp_path):
+    """lvis-api's lvis_val_100.json (v0.5): file_name COCO_val2014_..., coco_url at val2017; the
+    images laid out as a COCO-2017 user has them are found by the coco_url basename."""
+    url = "http://images.cocodataset.org/val2017/{:012d}.jpg"
+    ims = [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg", "coco_url": url.format(i), "width": 40,
+            "height": 30} for i in (139, 285)]
+    cats = [{"id": 1, "name": "apple", "synonyms": ["apple"], "frequency": "f"}]
+    anns = [{"id": i, "image_id": im["id"], "category_id": 1, "bbox": [1, 1, 5, 5]} for i, im in enumerate(ims, 1)]
+    (tmp_path / "lvis.json").write_text(json.dumps({"images": ims, "annotations": anns, "categories": cats}))
+    jpeg(tmp_path / "coco/val2017/000000000139.jpg")
+    jpeg(tmp_path / "coco/COCO_val2014_000000000285.jpg")  # a flat folder of 2014 names still works
+    qs, stats = load_queries("lvis", cfg(lvis={"annotations": str(tmp_path / "lvis.json"),
+                                               "images": str(tmp_path / "coco")}))
+    assert [q.image_path.relative_to(tmp_path / "coco").as_posix() for q in qs] == [
+        "val2017/000000000139.jpg", "COCO_val2014_000000000285.jpg"]
+    assert stats["n_missing_images"] == 0
+
+
+@pytest.mark.parametrize("split", ["val", "trainval"])
+def test_pvoc_split_param_and_float_sizes(tmp_path, split):
+    root = tmp_path / "VOC2007"
+    voc(root, {"000001": [("dog", "yes", (1, 1, 20, 20)), ("cat", "0", (2, 2, 30.5, 25))]})
+    (root / "ImageSets/Main/test.txt").rename(root / f"ImageSets/Main/{split}.txt")
+    xml = root / "Annotations/000001.xml"
+    xml.write_text(xml.read_text().replace("<width>40</width>", "<width>40.0</width>"))
+    with pytest.raises(PinError, match=r"ImageSets/Main/test\.txt: file not found .*eval\.paths\.pvoc\.split='test', "
+                                       rf"lists here: {split}\)"):
+        load_queries("pvoc", cfg(pvoc={"root": str(root)}))
+    qs, stats = load_queries("pvoc", cfg(pvoc={"root": str(root), "split": split}))
+    assert [(q.text, q.gt_box, q.image_size) for q in qs] == [("cat", (1.0, 1.0, 30.5, 25.0), (40, 30))]
+    assert stats["n_difficult_skipped"] == 1  # <difficult>yes</difficult>
+
+
+def test_pvoc_difficult_that_is_no_flag_is_named(tmp_path):
+    voc(tmp_path / "VOC2007", {"000001": [("dog", "maybe", (1, 1, 20, 20))]})
+    with pytest.raises(PinError, match=r"000001\.xml: object 0 \(dog\): <difficult> must be 0 or 1 "
+                                       r"\(or yes/no, true/false\), got 'maybe'"):
+        load_queries("pvoc", cfg(pvoc={"root": str(tmp_path / "VOC2007")}))
+
+
+@pytest.mark.parametrize("where, what", [("images", "images[3]: image id 3 is listed twice (also images[2])"),
+                                         ("annotations", "annotations[6]: annotation id 30 is listed twice "
+                                                         "(also annotations[4])")])
+def test_duplicate_ids_are_refused_naming_the_id(tmp_path, where, what):
+    data = coco_json(tmp_path / "ann.json", tmp_path / "img")
+    if where == "images":
+        data["images"][3]["id"] = 3
+    else:
+        data["annotations"][4]["id"] = 30
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    with pytest.raises(PinError, match=re.escape(f"{tmp_path / 'ann.json'}: {what}")):
+        load_queries("coco", cfg(coco={"annotations": str(tmp_path / "ann.json"), "images": str(tmp_path / "img")}))
+
+
+def test_no_query_says_which_rule_removed_how_many(tmp_path):
+    data = coco_json(tmp_path / "ann.json", tmp_path / "img")
+    for a in data["annotations"]:
+        a["bbox"] = [100, 100, 5, 5] if a["image_id"] == 1 else [1, 1, 0, 5]  # outside / no area
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    with pytest.raises(PinError, match=re.escape(
+            "coco: no query selected from 4 images: 4 have no usable box (boxes skipped: 1 crowd, 6 with no area, "
+            "1 outside their image); 0 have more than eval.max_objects=3 objects; 0 image files are missing")):
+        load_queries("coco", cfg(coco={"annotations": str(tmp_path / "ann.json"), "images": str(tmp_path / "img")}))
+
+
+def test_refcoco_empty_split_is_named(tmp_path):
+    paths = refcoco(tmp_path)
+    with pytest.raises(PinError, match=r"no ref in split eval\.paths\.refcoco\.split='val' \(the file's splits: "):
+        load_queries("refcoco", cfg(refcoco={**paths, "split": "val"}))

@@ -440,5 +440,9 @@ def test_higher_resolution_interpolates_the_position_embeddings(tiny_files):
     table = torch.cat([torch.zeros(1, 4), torch.full((16, 4), 2.5)])
     assert torch.allclose(interpolate_grid_embedding(table, 7), torch.cat([torch.zeros(1, 4), torch.full((49, 4), 2.5)]))
     assert torch.equal(interpolate_grid_embedding(table, 4), table)
-    with pytest.raises(ValueError, match="multiple of the patch size"):
+    from pin.errors import PinError
+
+    with pytest.raises(PinError, match=r"vlm\.image_size=60: must be a multiple of the vision encoder's patch size 8"):
         vlm.set_image_size(60)
+    with pytest.raises(PinError, match=r"vlm\.image_size=8: too small"):
+        vlm.set_image_size(8)

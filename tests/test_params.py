@@ -68,6 +68,7 @@ def test_code_defaults_are_the_committed_params():
     for section, cls in params.SECTIONS.items():
         diffs += _differences(cls(), raw[section], section)
     assert raw.get("method") == "pin" == params.parse_method({}, ["pin"])
+    assert raw.get("threads") == params.parse_threads({}) == params.parse_threads(raw)
     assert not diffs, "code defaults that differ from params.yaml:\n" + "\n".join(diffs)
 
 

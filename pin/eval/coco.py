@@ -46,18 +46,25 @@ def read_coco(path: Path) -> CocoJson:
         if syn is not None and not (isinstance(syn, list) and all(isinstance(s, str) for s in syn)):
             raise bad(path, f"categories[{i}].synonyms must be a list of strings")
         cats[c["id"]] = c
-    ids = set()
+    ids: dict[Any, int] = {}
     for i, im in enumerate(data["images"]):
         if not (isinstance(im, dict) and is_id(im.get("id"))):
             raise bad(path, f"images[{i}] needs an id")
+        if im["id"] in ids:  # pycocotools would keep one and double its queries
+            raise bad(path, f"images[{i}]: image id {im['id']!r} is listed twice (also images[{ids[im['id']]}])")
         if not isinstance(im.get("file_name", im.get("coco_url")), str):
             raise bad(path, f"images[{i}] needs a file_name (or an LVIS coco_url)")
         if not all(is_num(im.get(k)) and im[k] > 0 for k in ("width", "height")):
             raise bad(path, f"images[{i}] needs positive width and height")
-        ids.add(im["id"])
+        ids[im["id"]] = i
+    ann_ids: dict[Any, int] = {}
     for i, a in enumerate(data["annotations"]):
         if not (isinstance(a, dict) and is_id(a.get("id"))):
             raise bad(path, f"annotations[{i}] needs an id")
+        if a["id"] in ann_ids:
+            raise bad(path, f"annotations[{i}]: annotation id {a['id']!r} is listed twice "
+                            f"(also annotations[{ann_ids[a['id']]}])")
+        ann_ids[a["id"]] = i
         if not (is_id(a.get("image_id")) and a["image_id"] in ids):
             raise bad(path, f"annotations[{i}] (id {a['id']}) refers to image {a.get('image_id')!r}, "
                             "which is not in 'images'")
@@ -82,6 +89,16 @@ def coco_object(a: dict, texts: tuple[str, ...] = ()) -> AnnObject:
     x, y, w, h = (float(v) for v in a["bbox"])
     skip = "crowd" if a.get("iscrowd") else ("degenerate" if w <= 0 or h <= 0 else None)
     return AnnObject(a["id"], a["category_id"], (x, y, x + w, y + h), skip, texts)
+
+
+def file_names(im: dict) -> list[str]:
+    """Where an image may be, in order: its ``file_name`` and the last part of its ``coco_url``
+    (LVIS v0.5 names COCO_val2014_... files while its coco_url points at val2017)."""
+    names = [im["file_name"]] if isinstance(im.get("file_name"), str) else []
+    url = im.get("coco_url")
+    if isinstance(url, str) and url.rsplit("/", 1)[-1] not in names:
+        names.append(url.rsplit("/", 1)[-1])
+    return names
 
 
 def file_name(im: dict) -> str:

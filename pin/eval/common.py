@@ -100,6 +100,18 @@ def clip_to_image(o: AnnObject, size: tuple[int, int], stats: dict) -> None:
         stats["n_boxes_clipped"] += 1
 
 
+def _why_none(stats: dict, cfg) -> str:
+    """Which selection rule removed how many images (and the boxes behind the empty ones)."""
+    skipped = [f"{stats[f'n_{k}_skipped']} {what}" for k, what in (
+        ("crowd", "crowd"), ("difficult", "difficult"), ("degenerate", "with no area"),
+        ("outside", "outside their image")) if stats[f"n_{k}_skipped"]]
+    parts = [f"{stats['n_images_empty']} have no usable box"
+             + (f" (boxes skipped: {', '.join(skipped)})" if skipped else ""),
+             f"{stats['n_images_too_many']} have more than eval.max_objects={cfg.max_objects} objects",
+             f"{stats['n_missing_images']} image files are missing"]
+    return "; ".join(parts)
+
+
 def select(name: str, images: list[AnnImage], names: dict, cfg, stats: dict,
            apply_count_rule: bool = True) -> list[Query]:
     """Boxes cut to their image, count-rule, missing images, queries, deterministic subsample.
@@ -137,8 +149,7 @@ def select(name: str, images: list[AnnImage], names: dict, cfg, stats: dict,
                                      o.category_id, o.box, o.ann_id))
     stats["n_queries_total"] = len(queries)
     if not queries:
-        raise PinError(f"{name}: no query selected from {stats['n_images_total']} images "
-                       f"(images with 1..{cfg.max_objects} objects and an image file)")
+        raise PinError(f"{name}: no query selected from {stats['n_images_total']} images: {_why_none(stats, cfg)}")
     if cfg.max_queries is not None and cfg.max_queries < len(queries):
         idx = np.random.default_rng(cfg.seed).choice(len(queries), cfg.max_queries, replace=False)
         queries = [queries[i] for i in sorted(idx)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pin.categories import query_name
-from pin.eval.coco import annotations_and_images, coco_images, file_name, read_coco
+from pin.eval.coco import annotations_and_images, coco_images, file_name, file_names, read_coco
 from pin.eval.common import new_stats, select
 from pin.eval.query import Query
 
@@ -21,12 +21,9 @@ def load_lvis(cfg) -> tuple[list[Query], dict]:
 
     def find(im: dict) -> Path:
         url = im.get("coco_url") if isinstance(im.get("coco_url"), str) else ""
-        fname = file_name(im)
-        direct = folder / fname
-        if direct.is_file():
-            return direct
         sub = url.rsplit("/", 2)[-2] if url.count("/") >= 2 else ""  # train2017 / val2017
-        return folder / sub / fname if sub else direct
+        places = [folder / name for name in file_names(im)] + [folder / sub / name for name in file_names(im) if sub]
+        return next((p for p in places if p.is_file()), folder / file_name(im))
 
     names = {cid: next(n for n in (*map(query_name, c.get("synonyms") or ()), query_name(c["name"])) if n)
              for cid, c in cj.cats.items()}

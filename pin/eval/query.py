@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pin.errors import PinError
 from pin.frame import FRAME
 
 
@@ -29,13 +28,12 @@ class Query:
         return to_frame(self.gt_box, self.image_size)
 
     def load_image(self):
-        from PIL import Image
+        """The picture as RGB (:func:`pin.images.open_image`: 16-bit scaled, fully decoded); an
+        ImageError (a PinError) naming the file when it cannot be used. As stored, not turned by
+        its EXIF orientation: dataset boxes (COCO's among them) are in the stored pixels' frame."""
+        from pin.images import open_image
 
-        try:
-            with Image.open(self.image_path) as im:
-                return im.convert("RGB")
-        except Exception as err:  # noqa: BLE001 - truncated, corrupt, decompression bomb, not an image
-            raise PinError(f"{self.image_path}: cannot read image ({type(err).__name__}: {err})") from None
+        return open_image(self.image_path, upright=False)
 
 
 def to_frame(box, size: tuple[float, float], frame: int = FRAME) -> tuple[float, float, float, float]:

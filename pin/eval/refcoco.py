@@ -80,6 +80,10 @@ def load_refcoco(cfg) -> tuple[list[Query], dict]:
         obj.key = f"{a['image_id']}:ref{r.get('ref_id', i)}"
         obj.skip = None if obj.skip == "crowd" else obj.skip
         by_image.setdefault(a["image_id"], []).append(obj)
+    if not by_image:
+        splits = sorted({str(r.get("split")) for r in refs if isinstance(r, dict)})
+        raise bad(refs_path, f"no ref in split eval.paths.refcoco.split={p.split!r} (the file's splits: "
+                             f"{', '.join(splits) or 'none'})")
     images = []
     for image_id, objs in by_image.items():
         im = images_by_id[image_id]

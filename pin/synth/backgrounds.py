@@ -11,9 +11,11 @@
 * ``white``: plain white backgrounds (paper App. B.3, Tab. 6 row (a): the ablation against
   BG-20k). Id: ``white``.
 * a folder (BG-20k in the paper profile): every image file below it (recursive, sorted), with a
-  random square crop and flip. Ids: ``file:<path relative to the folder>``. Files whose header
-  cannot be read are skipped and counted at scan time; files that fail to decode later are
-  skipped (another one is drawn) and counted per image.
+  random square crop and flip. Ids: ``file:<path relative to the folder>``. Every file is
+  decoded once at scan time (:func:`pin.images.open_image`, at the JPEG draft scale: a truncated
+  file whose header reads is caught here); those that fail are skipped and count against
+  ``compose.max_corrupt``. A file that fails later anyway is skipped (another one is drawn) and
+  counted per image.
 
 Everything is drawn from the ``numpy.random.Generator`` passed in, so one image seed fixes its
 background.
@@ -29,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from pin.errors import PinError
+from pin.images import open_image
 
 # The photographs that ship inside the scikit-image wheel (skimage.data.<name>() loads them with
 # no download): name -> file in the skimage/data package folder. They are read straight from
@@ -83,8 +86,10 @@ class BackgroundSource:
                 "unreadable_examples": list(self.unreadable[:10])}
 
 
-def scan_backgrounds(spec: str, param: str = "compose.backgrounds") -> BackgroundSource:
-    """Resolve ``builtin``, ``white`` or a folder; a missing/empty folder is a PinError naming ``param``."""
+def scan_backgrounds(spec: str, param: str = "compose.backgrounds", size: int | None = None) -> BackgroundSource:
+    """Resolve ``builtin``, ``white`` or a folder; a missing/empty folder is a PinError naming ``param``.
+    Each file of a folder is decoded in full (at the JPEG draft scale for ``size``): those that
+    fail are listed as unreadable."""
     if spec in ("builtin", "white"):
         return BackgroundSource(spec)
     root = Path(spec)
@@ -97,11 +102,9 @@ def scan_backgrounds(spec: str, param: str = "compose.backgrounds") -> Backgroun
     files, bad = [], []
     for rel in candidates:
         try:
-            with Image.open(root / rel) as im:
-                if im.width < 1 or im.height < 1:
-                    raise ValueError("zero size")
+            open_image(root / rel, draft=size)
             files.append(rel)
-        except Exception:  # noqa: BLE001 - unreadable files are counted, not fatal
+        except PinError:  # open_image's ImageError: unreadable files are counted, not fatal
             bad.append(rel)
     if not files:
         raise PinError(
@@ -267,9 +270,7 @@ class BackgroundBank:
             try:
                 if rel in self._bad:
                     raise OSError("known unreadable")
-                with Image.open(root / rel) as im:
-                    im.draft("RGB", (self.size, self.size))  # fast JPEG DCT downscale
-                    rgb = im.convert("RGB")
+                rgb = open_image(root / rel, draft=self.size)  # fast JPEG DCT downscale
                 return np.asarray(_square_crop(rgb, self.size, r)), f"file:{rel}", failures
             except Exception:  # noqa: BLE001 - counted by the caller
                 self._bad.add(rel)

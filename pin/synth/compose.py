@@ -190,6 +190,25 @@ def _init_worker(p: ComposeParams, objects_dir: str, pools: dict, backgrounds: B
     _WORKER = Composer(p, objects_dir, pools, backgrounds)
 
 
+_START_ERROR: str | None = None  # why this worker process could not start (sent back with its first task)
+
+
+def _start_worker(blob: bytes) -> None:
+    """A pool worker's initializer. The arguments travel pickled and are unpickled here, so that
+    any failure to start (an object it cannot unpickle, an import that fails, a file it cannot
+    read) is kept and raised, with its message, by the worker's first task: an initializer that
+    raises would make the pool respawn workers forever or die without saying why."""
+    global _START_ERROR
+    try:
+        import pickle
+
+        _init_worker(*pickle.loads(blob))
+    except Exception as err:  # noqa: BLE001 - reported by _compose_chunk
+        from pin.stage import error_line
+
+        _START_ERROR = error_line(err)
+
+
 def _reset_worker() -> None:
     global _WORKER
     _WORKER = None  # free the in-process caches (objects, photo levels)
@@ -197,6 +216,8 @@ def _reset_worker() -> None:
 
 def _compose_chunk(task: tuple[str, int, int]) -> tuple[str, int, list[dict], dict]:
     split, start, stop = task
+    if _START_ERROR is not None:
+        raise PinError(f"a compose worker process could not start: {_START_ERROR}")
     assert _WORKER is not None
     records, stats = [], _empty_stats()
     for index in range(start, stop):
@@ -247,6 +268,9 @@ def run_compose(
     """The compose stage. Resumable: shards already written with the same config are kept.
 
     Returns the metrics plus ``run`` (shards written / reused this time)."""
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
 
     from tqdm import tqdm
@@ -254,8 +278,9 @@ def run_compose(
     from pin.io import atomic_write_json, prepare_resumable_dir, remove_temp_files
     from pin.synth import shards as sh
     from pin.synth.coco_export import export_coco
+    from pin.synth.compose_metrics import collect_metrics
 
-    backgrounds = scan_backgrounds(p.backgrounds)  # once: the workers get the file list
+    backgrounds = scan_backgrounds(p.backgrounds, size=p.image_size)  # once: the workers get the file list
     check_backgrounds(backgrounds, p)
     pools, objects_fp = load_pools(filtered)
     sizes = split_sizes(p)
@@ -279,8 +304,12 @@ def run_compose(
         for k, (start, stop) in enumerate(sh.shard_ranges(sizes[split], p.shard_size)):
             path = out_dir / split / sh.shard_name(k)
             if path.exists():
-                reused += 1
-                continue
+                damage = sh.check_shard(path, stop - start)
+                if damage is None:
+                    reused += 1
+                    continue
+                print(f"[compose] warning: rebuilding {path}: {damage}")
+                path.unlink()
             todo_shards[(split, start)] = (path, stop)
             tasks += [(split, s, min(stop, s + CHUNK)) for s in range(start, stop, CHUNK)]
 
@@ -289,9 +318,11 @@ def run_compose(
     written = 0
     with tqdm(total=n_todo, desc="compose", unit="img", disable=not progress) as bar:
         if p.workers > 1 and len(tasks) > 1:
-            ctx = get_context("spawn")
-            pool = ctx.Pool(min(p.workers, len(tasks)), initializer=_init_worker, initargs=init_args)
-            results = pool.imap(_compose_chunk, tasks)
+            # a ProcessPoolExecutor, not a multiprocessing.Pool: a worker that dies is reported
+            # (BrokenProcessPool) instead of respawned forever with the stage hanging at 0%
+            pool = ProcessPoolExecutor(min(p.workers, len(tasks)), mp_context=get_context("spawn"),
+                                       initializer=_start_worker, initargs=(pickle.dumps(init_args),))
+            results = pool.map(_compose_chunk, tasks)  # in task order
         else:
             pool = None
             _init_worker(*init_args)
@@ -311,14 +342,12 @@ def run_compose(
                 if current[1] + len(buf) == stop:
                     sh.write_shard(path, buf, _shard_meta(stats))
                     written += 1
-        except BaseException:
-            if pool is not None:
-                pool.terminate()  # do not wait for the queued chunks after an error / Ctrl-C
-            raise
+        except BrokenProcessPool as err:
+            raise PinError(f"a compose worker process died ({err or 'no reason given'}); the {written} shards "
+                           f"finished this run are kept under {out_dir}: rerun to resume") from None
         finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
+            if pool is not None:  # queued chunks are dropped after an error / Ctrl-C
+                pool.shutdown(wait=True, cancel_futures=True)
             _reset_worker()
 
     export_coco(out_dir / "heldout", pools["heldout"].categories)
@@ -328,56 +357,6 @@ def run_compose(
     return {**metrics, "run": {"shards_written": written, "shards_reused": reused}}
 
 
-def collect_metrics(out_dir: str | Path, p: ComposeParams, pools: dict[str, ObjectPool],
-                    backgrounds: BackgroundSource) -> dict:
-    """Metrics read back from the shards (so a resumed run reports the same numbers)."""
-    from pin.synth import shards as sh
-
-    out_dir = Path(out_dir)
-    splits, unreadable = {}, set()
-    for split in SPLITS:
-        table = sh.read_split(out_dir / split, columns=["background", "objects"])
-        objs = table.column("objects").to_pylist()
-        bgs = table.column("background").to_pylist()
-        counts = [len(o) for o in objs]
-        hist = {str(a): counts.count(a) for a in range(1, p.a_max + 1)}
-        cats = {ob["category"] for o in objs for ob in o}
-        bg_kinds: dict[str, int] = {}
-        for b in bgs:
-            kind = b.split(":", 1)[0]
-            bg_kinds[kind] = bg_kinds.get(kind, 0) + 1
-        meta = _empty_stats()
-        for shard in sh.list_shards(out_dir / split):
-            m = sh.read_meta(shard)
-            for k in ("object_read_failures", "background_read_failures", "a_reduced"):
-                meta[k] += int(m.get(k, 0))
-            unreadable |= set(m.get("unreadable_objects", []))
-        splits[split] = {
-            "images": len(objs),
-            "objects": int(sum(counts)),
-            "objects_per_image": hist,
-            "categories_used": len(cats),
-            "categories_available": len(pools[split].categories),
-            "objects_available": len(pools[split]),
-            "shards": len(sh.list_shards(out_dir / split)),
-            "backgrounds": dict(sorted(bg_kinds.items())),
-            "a_reduced": meta["a_reduced"],
-            "object_read_failures": meta["object_read_failures"],
-            "background_read_failures": meta["background_read_failures"],
-            "positional_referrals": sum(
-                1 for o in objs for ob in o if ob["referral"] != query_name(ob["category"])),
-        }
-    return {
-        "splits": splits,
-        "images": sum(s["images"] for s in splits.values()),
-        "unreadable_objects": sorted(unreadable)[:50],
-        "backgrounds": backgrounds.describe(),
-        "image_size": p.image_size,
-        "grid": p.grid,
-        "format": p.format,
-    }
-
-
 def summary(result: dict) -> str:
     s = result["splits"]
     run = result.get("run", {})
@@ -385,5 +364,5 @@ def summary(result: dict) -> str:
             + f"; shards written {run.get('shards_written', 0)}, reused {run.get('shards_reused', 0)}")
 
 
-__all__ = ["Composer", "image_seed", "load_pools", "check_backgrounds", "run_compose", "collect_metrics",
+__all__ = ["Composer", "image_seed", "load_pools", "check_backgrounds", "run_compose",
            "summary", "SPLITS"]

@@ -72,7 +72,9 @@ def filter_objects(
         except Exception as err:  # noqa: BLE001 - any decode failure means a corrupt file
             reason[i] = "corrupt"
             if len(corrupt_examples) < 10:
-                corrupt_examples.append(f"{rel}: {type(err).__name__}: {err}"[:200])
+                # open_image's ImageError names the file and says why; anything else gets its class
+                why = str(err) if isinstance(err, PinError) else f"{rel}: {type(err).__name__}: {err}"
+                corrupt_examples.append(why[:200])
     n_corrupt = int((reason == "corrupt").sum())
     if n and n_corrupt / n > params.max_corrupt:
         raise PinError(

@@ -222,9 +222,13 @@ def collect_manifest(jobs: Sequence[Job], out_dir: Path, backend: str):
             else:
                 missing.append(job.rel_path)
             continue
-        with Image.open(png) as im:
-            width, height = im.size
-            meta = dict(im.text)
+        try:
+            with Image.open(png) as im:
+                width, height = im.size
+                meta = dict(im.text)  # reads every chunk: a truncated or damaged file fails here
+        except (OSError, ValueError, SyntaxError) as err:
+            raise PinError(f"{png}: damaged picture ({type(err).__name__}: {err}); delete it and rerun "
+                           "to make it again") from None
         try:
             area = float(meta["pin:mask_area_frac"])
         except (KeyError, ValueError):

@@ -14,6 +14,7 @@ from typing import Sequence
 from PIL import Image
 
 from pin.errors import PinError
+from pin.images import ImageError, open_image
 
 # The columns a filtered manifest must have for composing, and those whose values decide the
 # composed images (their hash is part of the compose stage's resume fingerprint).
@@ -22,14 +23,11 @@ FINGERPRINT_COLUMNS = ("split", "category", "index", "path", "seed", "prompt", "
 
 
 def read_object(path: str | Path) -> Image.Image:
-    """Decode an object PNG to RGBA; raises ValueError/OSError when it is corrupt or empty."""
-    with Image.open(path) as im:
-        im.load()
-        if im.width == 0 or im.height == 0:
-            raise ValueError("zero-size image")
-        rgba = im.convert("RGBA")
+    """Decode an object PNG to RGBA (:func:`pin.images.open_image`); raises ImageError naming the
+    file when it is corrupt, truncated or empty, or has no visible pixel."""
+    rgba = open_image(path, "RGBA", upright=False)
     if rgba.getchannel("A").getbbox() is None:
-        raise ValueError("no visible pixel (alpha is 0 everywhere)")
+        raise ImageError(f"{path}: no visible pixel (alpha is 0 everywhere)")
     return rgba
 
 

@@ -86,6 +86,21 @@ def write_shard(path: str | Path, records: list[dict], meta: dict | None = None)
         raise
 
 
+def check_shard(path: str | Path, rows: int) -> str | None:
+    """Why a shard already on disk cannot be reused (an unreadable footer, another row count, a
+    schema of another version), or None when it can."""
+    try:
+        f = pq.ParquetFile(path)
+        have, schema = f.metadata.num_rows, f.schema_arrow
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        return f"not a readable shard ({type(err).__name__}: {' '.join(str(err).split())})"
+    if have != rows:
+        return f"{have} rows, expected {rows}"
+    if schema.remove_metadata() != SCHEMA:
+        return "another shard schema"
+    return None
+
+
 def list_shards(split_dir: str | Path) -> list[Path]:
     return sorted(Path(split_dir).glob("part-*.parquet"))
 
@@ -111,5 +126,5 @@ def iter_records(split_dir: str | Path, columns: list[str] | None = None) -> Ite
 
 __all__: Iterable[str] = [
     "SCHEMA", "OBJECT_TYPE", "SPLITS", "shard_name", "shard_ranges", "to_table", "write_shard",
-    "list_shards", "read_meta", "read_split", "iter_records",
+    "check_shard", "list_shards", "read_meta", "read_split", "iter_records",
 ]

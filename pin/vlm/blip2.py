@@ -70,7 +70,10 @@ class Blip2Adapter(FrozenVLM):
         reachable). The Q-Former stays fp32 whatever ``dtype`` (transformers keeps it so)."""
         from transformers import AutoImageProcessor, AutoTokenizer, Blip2ForConditionalGeneration
 
+        from pin.weights import check_weights_folder
+
         where = str(path_or_id)
+        check_weights_folder(where)  # a damaged file in a local folder: one line naming it
         try:
             model = Blip2ForConditionalGeneration.from_pretrained(where, dtype=dtype, local_files_only=local_files_only)
             tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_files_only)
@@ -121,14 +124,14 @@ class Blip2Adapter(FrozenVLM):
         """transformers' own ``interpolate_pos_encoding`` resamples the position embeddings."""
         import copy
 
+        from pin.vlm.resolution import check_image_size
+
         patch = self.model.config.vision_config.patch_size
-        if image_size % patch:
-            raise ValueError(f"vlm.image_size={image_size} must be a multiple of the patch size {patch}")
+        grid = check_image_size(image_size, patch)
         processor = copy.deepcopy(self.image_processor)
         processor.size = {"height": image_size, "width": image_size}
         self.image_processor = processor
         self._interpolate_pos = True
-        grid = image_size // patch
         self.site = InsertSite(n_positions=grid * grid + 1, width=self.site.width, grid=grid, has_cls=True)
 
     def answer_loss(

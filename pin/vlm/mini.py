@@ -37,6 +37,7 @@ from pin.io import DIR_MODE, atomic_write_json
 from pin.vlm.openflamingo import END_OF_CHUNK, MEDIA_TOKEN, OpenFlamingoAdapter, set_gates
 from pin.vlm.pretrain_text import words_of
 from pin.vlm.tokenizer import build_word_tokenizer, load_tokenizer, save_tokenizer, words_from_names
+from pin.weights import check_weights_file
 
 FORMAT = "pin-mini-flamingo"
 FORMAT_VERSION = 1
@@ -356,6 +357,7 @@ def load_mini_parts(directory: str | Path, device: str | torch.device = "cpu"):
     if len(tokenizer) != info["vocab_size"]:
         raise PinError(f"{directory}: tokenizer has {len(tokenizer)} tokens, config says {info['vocab_size']}")
     flamingo = _build(config, tokenizer)
+    check_weights_file(directory / WEIGHTS_FILE)  # a truncated file: one line naming it
     try:
         load_model(flamingo, str(directory / WEIGHTS_FILE), strict=True)
     except (RuntimeError, KeyError, OSError) as err:

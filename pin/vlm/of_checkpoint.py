@@ -30,15 +30,9 @@ DDP_PREFIX = "module."
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``.pt``/``.bin`` or ``.safetensors`` checkpoint, unwrapped from
     ``model_state_dict`` and without a ``module.`` prefix."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from pin.weights import read_weights
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise PinError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from err
+    state = read_weights(path)
     if isinstance(state, dict) and WRAPPER_KEY in state:
         state = state[WRAPPER_KEY]
     if not isinstance(state, dict):

@@ -161,6 +161,12 @@ def _check_inputs(profile, checkpoint, lang_dir, tokenizer_dir, clip_pretrained)
     looks_like_path = "/" in clip_pretrained or clip_pretrained.endswith((".pt", ".bin", ".safetensors"))
     if looks_like_path and not Path(clip_pretrained).is_file():
         raise _missing_weights(profile, f"clip_pretrained={clip_pretrained}")
+    from pin.weights import check_weights_file, check_weights_folder
+
+    check_weights_file(checkpoint)  # damaged files: one line naming them, before any library reads them
+    check_weights_folder(lang_dir)
+    if looks_like_path:
+        check_weights_file(clip_pretrained)
 
 
 def _model_type(lang_dir: Path) -> str:

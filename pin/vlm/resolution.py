@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from pin.errors import PinError
+
 
 def interpolate_grid_embedding(table: torch.Tensor, new_grid: int, n_prefix: int = 1) -> torch.Tensor:
     """(n_prefix + g*g, width) -> (n_prefix + new_grid*new_grid, width), grid rows resampled bicubically."""
@@ -25,12 +27,21 @@ def interpolate_grid_embedding(table: torch.Tensor, new_grid: int, n_prefix: int
     return torch.cat([prefix, grid])
 
 
+def check_image_size(image_size: int, patch: int) -> int:
+    """The patch grid side for ``vlm.image_size``; a size that is not a whole number of patches,
+    or gives fewer than 2 a side, is a PinError naming the param."""
+    if image_size % patch:
+        raise PinError(f"vlm.image_size={image_size}: must be a multiple of the vision encoder's patch size "
+                       f"{patch} (e.g. {max(2, round(image_size / patch)) * patch})")
+    if image_size // patch < 2:
+        raise PinError(f"vlm.image_size={image_size}: too small, at least 2 patches of {patch} px a side "
+                       f"(>= {2 * patch})")
+    return image_size // patch
+
+
 def interpolate_open_clip(visual: torch.nn.Module, image_size: int) -> None:
     """Make an open_clip ``VisionTransformer`` take ``image_size`` x ``image_size`` inputs."""
-    patch = visual.patch_size[0]
-    if image_size % patch:
-        raise ValueError(f"vlm.image_size={image_size} must be a multiple of the patch size {patch}")
-    grid = image_size // patch
+    grid = check_image_size(image_size, visual.patch_size[0])
     table = interpolate_grid_embedding(visual.positional_embedding.detach(), grid)
     visual.positional_embedding = torch.nn.Parameter(table, requires_grad=False)
     visual.image_size = (image_size, image_size)

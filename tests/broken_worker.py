@@ -1,0 +1,17 @@
+"""Params that a compose worker process cannot unpickle (test_compose): how a worker whose start
+fails is reported."""
+from __future__ import annotations
+
+import multiprocessing
+
+from pin.params import ComposeParams
+
+
+class UnpicklableInWorker(ComposeParams):
+    """Compose params whose unpickling fails in a child process (as a params object from another
+    version of the code would), and works in the parent."""
+
+    def __setstate__(self, state):
+        if multiprocessing.parent_process() is not None:
+            raise RuntimeError("this params object cannot be unpickled in a worker")
+        super().__setstate__(state)
