@@ -103,9 +103,7 @@ class ComposeParams(Section):
     quality: int = Field(90, ge=1, le=100)
     workers: int = Field(2, ge=1)
     seed: int = 0
-    # per-object appearance levels (brightness a, saturation s) that the mini VLM's `appearance`
-    # slot reads its corner from: none | pretrain (pretraining split jittered, PIN's splits as
-    # drawn) | all (every split jittered). See pin.synth.compose.appearance_levels.
+    # per-object levels for pretrain.slot=appearance: which splits are jittered (pin.synth.appearance)
     appearance: Literal["none", "pretrain", "all"] = "none"
     # background folder: images whose header cannot be read are skipped and counted; above this
     # share the stage fails. Not part of the output's fingerprint (it changes no image).
@@ -277,8 +275,7 @@ class PretrainParams(Section):
     text_mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.2, "exists": 0.35, "count": 0.15,
                                                                 "slot": 0.3})
     slot: Literal["origin", "anywhere", "size", "mixed", "attributes", "window", "appearance"] = "anywhere"
-    # the vision objective also predicts which appearance levels the image's objects have
-    vision_levels: bool = False
+    vision_levels: bool = False  # the vision objective also predicts the objects' appearance levels
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (the shipped asset was pretrained on a GPU)
     # train: pretrain here (minutes on a CPU); asset: copy the pretrained weights shipped in the
     # repo (scripts/build_mini_vlm.py made them, the same code on a GPU, longer).
