@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from pin.progress import tqdm
 
 from pin.boxes import BoxCodec
 from pin.composed import ComposedImage

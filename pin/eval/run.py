@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from pin.progress import tqdm
 
 from pin.boxes import BoxCodec
 from pin.errors import PinError

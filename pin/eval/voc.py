@@ -64,7 +64,7 @@ def load_pvoc(cfg) -> tuple[list[Query], dict]:
     if not listing.is_file():
         raise PinError(f"{listing}: file not found (eval.paths.pvoc.root must be the VOC2007 folder)")
     ids = [line.split()[0] for line in listing.read_text(errors="replace").splitlines() if line.strip()]
-    from tqdm import tqdm
+    from pin.progress import tqdm
 
     images = []
     for image_id in tqdm(ids, desc="pvoc: read annotations", unit="xml", leave=False):

@@ -97,7 +97,7 @@ def encoder_similarity(vlm, images: Sequence, n_images: int = PAPER_IMAGES, batc
                        frame: int = 224) -> np.ndarray:
     """The frozen encoder's patch features: per-image patch-pair cosine similarities, averaged
     over the first ``n_images`` images (PIL images or objects with ``.pil()``)."""
-    from tqdm import tqdm
+    from pin.progress import tqdm
 
     site = vlm.site
     rows = patch_rows(site.n_positions, site.grid, site.has_cls)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from pin.progress import tqdm
 
 from pin.categories import query_name
 from pin.composed import ComposedImage
