@@ -131,7 +131,7 @@ def test_filter_clip_weights_are_counted_apart(of_files):
 
 
 def test_stable_diffusion_folder_is_counted_apart(of_files, tmp_path):
-    from pin.rehearsal.standins import write_stable_diffusion
+    from rehearsal.standins import write_stable_diffusion
 
     sd = write_stable_diffusion(tmp_path / "sd")
     root, _ = of_files
