@@ -33,7 +33,7 @@ def test_the_wheel_holds_only_the_product(tmp_path):
 
 
 def test_importing_the_product_loads_no_research_module():
-    code = ("import sys, pin, pin.cli, pin.methods, pin.vlm.registry, pin.vlm.mpt, pin.vlm.of_loader; "
+    code = ("import sys, pin, pin.cli, pin.methods, pin.vlm.registry; "
             "print('\\n'.join(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     loaded = [m for m in out.split() if any(word in m for word in NOT_SHIPPED)]
