@@ -20,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 
+from pin.frame import FRAME
+
 GridBox = tuple[int, int, int, int]
 Box = tuple[float, float, float, float]
 
@@ -45,7 +47,7 @@ class BoxCodec:
     """Grid <-> frame <-> text for one grid size. ``grid`` cells per side of a ``frame``-px square."""
 
     grid: int
-    frame: int = 224
+    frame: int = FRAME
 
     def __post_init__(self):
         if not isinstance(self.grid, int) or self.grid < 1:

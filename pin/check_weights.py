@@ -20,9 +20,10 @@ import torch
 from PIL import Image
 
 from pin.errors import PinError
+from pin.frame import FRAME
 
 PROBE_OBJECT = "dog"  # the prompt: the VLM's template around it, "In the image is a dog located at"
-PROBE_SIZE = 224
+PROBE_SIZE = FRAME  # the frame every VLM here is fed
 N_HEAD = 5  # how many leading logits are printed
 MAX_NEW_TOKENS = 24
 FLAGS = {"checkpoint": "--checkpoint", "lang_model": "--lang-model", "clip_model": "--clip-model",

@@ -2,15 +2,17 @@
 
     pin locate photo.jpg "a dog"                   # box printed, photo_located.png written
     pin locate photo.jpg "a cup" --fit letterbox --json
-    pin info models/pin                            # the insert's config and size
+    pin info models/pin                            # the trained method's config, grid and size
     pin similarity models/pin -o pi.png            # the paper's Figure 9 for an insert
     pin check-weights --vlm openflamingo --checkpoint ckpt.pt --lang-model mpt-1b-redpajama-200b-dolly
 
 ``locate`` reads the VLM settings from ``params.yaml`` when there is one (``vlm`` section) and
 falls back to the offline default (``--model mini`` from ``models/mini_vlm``). The box grid is the
-one recorded with the insert (its config.json); without an insert, or for an insert saved before
-grids were recorded, ``compose.grid`` of ``params.yaml``, else 8/16/14 for mini/openflamingo/blip2. Exit codes: 0 box found, 1 error,
-2 bad usage, 3 the model gave no readable box.
+one recorded with the trained method (its config.json: PIN's insert or any baseline the train stage
+trained, e.g. ``method=vpt_fusion``); without one, or for a folder saved before grids were recorded,
+``compose.grid`` of ``params.yaml``, else 8/16/14 for mini/openflamingo/blip2. Exit codes: 0 box
+found, 1 error, 2 bad usage (an option's value not among its choices, too), 3 the model gave no
+readable box.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -28,6 +30,10 @@ from pin.io import atomic_write_bytes
 PROJECT = Path(__file__).resolve().parents[1]  # the checkout, for an editable install (setup.sh)
 DEFAULT_GRID = {"mini": 8, "openflamingo": 16, "blip2": 14}  # offline default; paper Sec. 5
 NO_BOX = 3
+# options with a fixed set of values: typer lists them in --help and exits 2 on any other value
+Model = Literal["mini", "openflamingo", "blip2"]  # the keys of DEFAULT_GRID
+Fit = Literal["resize", "letterbox"]
+Device = Literal["auto", "cpu", "cuda"]
 
 app = typer.Typer(
     name="pin",
@@ -36,6 +42,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from pin import __version__
+
+        typer.echo(f"pin {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """PIN: locate objects with a frozen VLM plus a positional insert (CVPR 2024)."""
 
 
 def _here_or_project(path: Path) -> Path:
@@ -101,30 +121,49 @@ def _load_vlm(vlm_p):
     return load_vlm(vlm_p)
 
 
-def _load_insert(path: Path):
-    from pin.insert import PositionalInsert
+# what each command's "no trained method here" message suggests instead
+_NO_METHOD_HINT = {
+    "locate": "point --insert at one, or pass --no-insert to ask the raw VLM",
+    "info": "or name one: pin info FOLDER (a trained method's folder or a mini VLM's)",
+    "similarity": "or name one: pin similarity FOLDER",
+}
 
+
+def _method_folder(path: Path, command: str) -> Path:
+    """The folder of a trained method (PIN or a baseline), or an error naming ``command``'s flags."""
     path = _here_or_project(path)
     if not (path / "config.json").is_file():
         raise PinError(
-            f"{path}: no trained insert here (config.json + model.safetensors). Train one with "
-            "`dvc repro train` (the offline default takes about 10 minutes end to end), point "
-            "--insert at one, or pass --no-insert to ask the raw VLM"
+            f"{path}: no trained method here (config.json + model.safetensors). Train one with "
+            "`dvc repro train` (the offline default takes about 10 minutes end to end), "
+            + _NO_METHOD_HINT[command]
         )
-    return PositionalInsert.from_pretrained(path).eval()
+    return path
+
+
+def _load_method(path: Path, vlm):
+    from pin.methods import load_method
+
+    method = load_method(path, vlm)
+    if not method.trains:
+        raise PinError(f"{path}: method {method.name!r} has nothing trained to add to the VLM; pass --no-insert "
+                       "to ask the raw VLM")
+    return method.to(vlm.device).eval()
 
 
 @app.command()
 def locate(
     image: Annotated[Path, typer.Argument(help="A picture of any size (JPEG, PNG, ...).")],
     query: Annotated[str, typer.Argument(help='What to find, e.g. "a dog" (a leading a/an/the is dropped).')],
-    model: Annotated[str, typer.Option(help="mini (offline default) | openflamingo | blip2.")] = "mini",
-    insert: Annotated[Path, typer.Option(help="Folder of the trained insert.")] = Path("models/pin"),
+    model: Annotated[Model, typer.Option(help="The frozen VLM (mini: the offline default).")] = "mini",
+    insert: Annotated[Path, typer.Option(
+        "--insert", "--method", help="Folder of the trained method: PIN's insert or a baseline "
+                                     "(vpt_fusion, vpt_vision, coop_llm, lora_vision).")] = Path("models/pin"),
     no_insert: Annotated[bool, typer.Option("--no-insert", help="Ask the raw VLM, without PIN.")] = False,
     vlm_path: Annotated[Optional[Path], typer.Option(
         help="Model folder: mini VLM folder (default vlm.path, models/mini_vlm), OpenFlamingo checkpoint, "
              "or BLIP-2 folder.")] = None,
-    fit: Annotated[str, typer.Option(
+    fit: Annotated[Fit, typer.Option(
         help="resize: squash into the square frame (as evaluation does) | letterbox: keep the aspect ratio, "
              "pad with grey.")] = "resize",
     grid: Annotated[Optional[int], typer.Option(
@@ -134,40 +173,25 @@ def locate(
         "--out", "-o", help="Where to write the picture with the box (default ./<name>_located.png).")] = None,
     params_file: Annotated[Optional[Path], typer.Option(
         "--params", help="params.yaml to read vlm/compose from (default: ./params.yaml when there is one).")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    device: Annotated[Device, typer.Option(help="Where the VLM runs.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Find QUERY in IMAGE: print the box (pixels of IMAGE) and write IMAGE with the box drawn."""
-    import torch
-
     from pin.locate import answer_grid, draw_box, locate as run_locate, open_image
 
-    if model not in DEFAULT_GRID:
-        raise typer.BadParameter(f"must be one of {', '.join(DEFAULT_GRID)}", param_hint="--model")
-    if fit not in ("resize", "letterbox"):
-        raise typer.BadParameter("must be resize or letterbox", param_hint="--fit")
     insert = _here_or_project(insert)
     try:
         picture = open_image(image)
         given_grid, notes = grid, []
         vlm_p, grid = _vlm_settings(model, vlm_path, params_file, device, grid)
         vlm = _load_vlm(vlm_p)
-        pi = None
+        method = None
         if not no_insert:
-            module = _load_insert(insert)
+            method = _load_method(_method_folder(insert, "locate"), vlm)
             if given_grid is None:
                 grid, note = answer_grid(insert, grid)
                 notes += [note] if note else []
-            site = vlm.site
-            if (module.config.n_positions, module.config.width) != (site.n_positions, site.width):
-                raise PinError(
-                    f"{insert}: this insert was trained for {module.config.n_positions} positions of width "
-                    f"{module.config.width}, but the {vlm.name} VLM has {site.n_positions} x {site.width}: "
-                    "use the insert trained with this VLM"
-                )
-            with torch.no_grad():
-                pi = module.to(vlm.device)().detach()
-        result = run_locate(vlm, pi, picture, query, grid, fit=fit)
+        result = run_locate(vlm, method, picture, query, grid, fit=fit)
         notes += [result.warning] if result.warning else []
         target = out or Path(f"{image.stem}_located.png")
         buf = io.BytesIO()
@@ -182,7 +206,8 @@ def locate(
             typer.echo(f"warning: {note}", err=True)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "grid": grid, "model": vlm.name,
-                               "insert": None if no_insert else str(insert), "image": str(target),
+                               "insert": None if no_insert else str(insert),
+                               "method": None if method is None else method.name, "image": str(target),
                                **({"warnings": notes} if notes else {})}))
     elif result.box is None:
         typer.echo(f"{query}: no box - the model answered {result.answer!r}")
@@ -190,8 +215,10 @@ def locate(
     else:
         x1, y1, x2, y2 = (round(v) for v in result.box)
         typer.echo(f"{query}: [{x1}, {y1}, {x2}, {y2}] (x1, y1, x2, y2 in pixels of the {w}x{h} image)")
+        with_method = "raw " + vlm.name if method is None else (
+            f"{vlm.name} + {'PIN' if method.name == 'pin' else method.name} {insert}")
         typer.echo(f"  model answer {result.answer.strip()!r} on a {grid}x{grid} grid of the 224-px frame "
-                   f"({fit}); {'raw ' + vlm.name if no_insert else vlm.name + ' + PIN ' + str(insert)}")
+                   f"({fit}); {with_method}")
         typer.echo(f"wrote {target}")
     if result.box is None:
         raise typer.Exit(NO_BOX)
@@ -199,11 +226,11 @@ def locate(
 
 @app.command()
 def info(
-    path: Annotated[Path, typer.Argument(help="An insert folder (models/pin) or a mini VLM folder.")] = Path(
-        "models/pin"),
+    path: Annotated[Path, typer.Argument(
+        help="A trained method's folder (models/pin: PIN or a baseline) or a mini VLM folder.")] = Path("models/pin"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Print a saved insert's config, parameter count and size on disk (or a mini VLM's)."""
+    """Print a trained method's config, box grid, parameter count and size on disk (or a mini VLM's)."""
     path = _here_or_project(path)
     try:
         if (path / "mini_vlm.json").is_file():
@@ -214,20 +241,9 @@ def info(
                       "config": meta.get("config"), "vocab_size": meta.get("vocab_size"),
                       "categories": meta.get("meta", {}).get("vocabulary", [])}
         else:
-            module = _load_insert(path)
-            cfg = module.config
-            n_patches = cfg.n_positions - int(cfg.has_cls)
-            side = int(round(n_patches ** 0.5))
-            report = {
-                "kind": "positional insert",
-                "path": str(path),
-                "parameters": sum(p.numel() for p in module.parameters()),
-                "trainable_parameters": module.n_trainable_params,
-                "patch_grid": f"{side}x{side}" + (" + CLS" if cfg.has_cls else "") if side * side == n_patches
-                else f"{n_patches} positions",
-                "output_shape": [cfg.n_positions, cfg.width],
-                "config": cfg.to_dict(),
-            }
+            from pin.method_info import describe
+
+            report = describe(_method_folder(path, "info"))
         files = [f for f in sorted(path.iterdir()) if f.is_file()]
         report["files"] = {f.name: f.stat().st_size for f in files}
         report["bytes"] = sum(report["files"].values())
@@ -241,6 +257,10 @@ def info(
     typer.echo(f"{report['kind']}: {path}")
     typer.echo(f"  parameters: {report['parameters']:,}" + (
         f" ({report['trainable_parameters']:,} trainable)" if "trainable_parameters" in report else ""))
+    if "method" in report:
+        g = report["grid"]
+        typer.echo(f"  answers boxes on a {g}x{g} grid" if g else "  box grid: not recorded (saved before grids "
+                   "were; pin locate assumes one: pass --grid)")
     if "patch_grid" in report:
         typer.echo(f"  adds a {report['output_shape'][0]} x {report['output_shape'][1]} tensor to the patch "
                    f"features ({report['patch_grid']} patches)")
@@ -254,15 +274,17 @@ def info(
 
 @app.command()
 def similarity(
-    path: Annotated[Path, typer.Argument(help="An insert folder.")] = Path("models/pin"),
+    path: Annotated[Path, typer.Argument(help="A trained PIN folder (other methods have no table).")] = Path(
+        "models/pin"),
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("pin_similarity.png"),
 ) -> None:
     """Draw the paper's Figure 9 for an insert: cosine similarity between patch positions of the raw
     sinusoidal table S and of the learned pi (the pipeline's `figures` stage adds the encoder panel)."""
+    from pin.method_info import insert_of
     from pin.viz.similarity import write_similarity
 
     try:
-        stats = write_similarity(_load_insert(path), out)
+        stats = write_similarity(insert_of(_method_folder(path, "similarity")), out)
     except (PinError, OSError, ValueError) as err:
         _fail(err)
     for key, s in stats.items():
@@ -273,7 +295,7 @@ def similarity(
 
 @app.command("check-weights")
 def check_weights(
-    vlm: Annotated[str, typer.Option(help="openflamingo | blip2.")],
+    vlm: Annotated[Literal["openflamingo", "blip2"], typer.Option(help="The paper profile's VLM to check.")],
     checkpoint: Annotated[Optional[str], typer.Option(help="OpenFlamingo checkpoint.pt (default vlm.checkpoint).")] = None,
     lang_model: Annotated[Optional[str], typer.Option(help="OpenFlamingo LM folder (default vlm.lang_model).")] = None,
     clip_model: Annotated[Optional[str], typer.Option(help="open_clip model name (default vlm.clip_model).")] = None,
@@ -284,7 +306,7 @@ def check_weights(
     clip: Annotated[Optional[str], typer.Option(help="Also load this open_clip weights file (filter.model).")] = None,
     params_file: Annotated[Optional[Path], typer.Option(
         "--params", help="params.yaml to read vlm from (default: ./params.yaml when there is one).")] = None,
-    device: Annotated[str, typer.Option(help="cpu (default: fp32, comparable) | cuda | auto.")] = "cpu",
+    device: Annotated[Device, typer.Option(help="cpu (default): fp32, comparable across machines.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Load the paper profile's weights and print each component's parameter count and dtype, then a

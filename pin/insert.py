@@ -12,7 +12,6 @@ is added to every image's patch features before the fusion network. Two layouts 
 """
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import re
@@ -21,14 +20,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn import functional as F
 
 from pin.errors import PinError
-from pin.io import atomic_write_bytes, atomic_write_json
+from pin.saved import CONFIG_FILE, WEIGHTS_FILE, read_method, read_weights, write_method
 
 # Default hidden widths per layout; a config with L layers takes the first L.
 # authors: their code's 64->512->768 (2 layers), extended by 1024 for a third. With width 1024 and
@@ -168,34 +164,33 @@ class PositionalInsert(nn.Module):
 
     # ---- files ------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, grid: int | None = None) -> None:
-        """Write ``model.safetensors`` and ``config.json`` (each atomically) into ``folder``;
-        ``grid``: the box grid the insert was trained to answer on, recorded with it."""
-        folder = Path(folder)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write_bytes(folder / "model.safetensors", st_save(tensors))
-        info = {"pin_insert": self.config.to_dict(), **({} if grid is None else {"grid": grid})}
-        atomic_write_json(folder / "config.json", info)
+        """Save as method ``pin`` in the one folder format of :mod:`pin.saved`; ``grid``: the box
+        grid the insert was trained to answer on, recorded with it."""
+        write_method(folder, "pin", self.config.to_dict(), self.state_dict(), grid)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "PositionalInsert":
+        """An insert saved by ``save_pretrained`` (or in the older ``{"pin_insert": ...}`` format)."""
         folder = Path(folder)
-        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-            raise PinError(f"{folder}: not a saved PositionalInsert (no config.json and model.safetensors); "
+        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+            raise PinError(f"{folder}: not a saved PositionalInsert (no {CONFIG_FILE} and {WEIGHTS_FILE}); "
                            "train one with `dvc repro train`")
         from pin.weights import check_weights_file
 
         check_weights_file(folder / "model.safetensors")
         try:
-            raw = json.loads((folder / "config.json").read_text())["pin_insert"]
-            config = InsertConfig.from_dict(raw)
-            state = st_load((folder / "model.safetensors").read_bytes())
-        except (OSError, KeyError, ValueError, TypeError, SafetensorError) as err:
+            saved = read_method(folder)
+            if saved.method != "pin":
+                raise ValueError(f"it holds method {saved.method!r}")
+            config = InsertConfig.from_dict(saved.config)
+            state = read_weights(folder)
+        except (PinError, ValueError, TypeError) as err:
             raise PinError(f"{folder}: not a saved PositionalInsert ({err})") from None
         module = cls(config)
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise PinError(f"{folder}: weights do not match config.json: {err}") from None
+            raise PinError(f"{folder}: weights do not match {CONFIG_FILE}: {err}") from None
         return module
 
 

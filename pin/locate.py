@@ -89,10 +89,10 @@ class Located:
 
 
 def answer_grid(insert_dir: str | Path, fallback: int) -> tuple[int, str | None]:
-    """The box grid the insert in ``insert_dir`` was trained on (recorded in its config.json by
+    """The box grid the method in ``insert_dir`` was trained on (recorded in its config.json by
     the train stage), or - for a folder saved before grids were recorded - ``fallback`` and a
     warning saying so."""
-    from pin.methods import saved_grid
+    from pin.saved import saved_grid
 
     grid = saved_grid(insert_dir)
     if grid is not None:
@@ -103,20 +103,26 @@ def answer_grid(insert_dir: str | Path, fallback: int) -> tuple[int, str | None]
 
 
 @torch.no_grad()
-def locate(vlm, insert: torch.Tensor | None, image: Image.Image, query: str, grid: int,
+def locate(vlm, method, image: Image.Image, query: str, grid: int,
            fit: Fit = "resize", num_beams: int = 1) -> Located:
-    """Ask the frozen VLM (with ``insert`` added to its patch features, or raw when None) where
-    ``query`` is in ``image``. ``Located.warning`` names query words the VLM cannot read."""
+    """Ask the frozen VLM (with a trained ``method`` of :mod:`pin.methods` - PIN's insert or a
+    baseline - or raw when None) where ``query`` is in ``image``. ``Located.warning`` names query
+    words the VLM cannot read."""
     framed, framing = frame_image(image, fit)
     codec = BoxCodec(grid)
     name = object_name(query)
     check = getattr(vlm, "vocabulary_warning", None)  # FrozenVLM's; a stand-in VLM may lack it
     warning = check([name]) if check is not None else None
-    feats = vlm.patch_features(vlm.preprocess([framed]))
-    if insert is not None:
-        insert = insert.to(feats.device)
-    answer = vlm.generate(feats, [vlm.prompt(name)], insert=insert,
-                          max_new_tokens=codec.max_answer_chars + 2, num_beams=num_beams)[0]
+    pixels = vlm.preprocess([framed])
+    conditioning = {}
+    if method is None or not method.encodes_pixels:
+        feats = vlm.patch_features(pixels)
+    else:
+        feats = method.features(vlm, pixels)
+    if method is not None:
+        conditioning = {k: v.detach().to(feats.device) for k, v in method.conditioning().items()}
+    answer = vlm.generate(feats, [vlm.prompt(name)], max_new_tokens=codec.max_answer_chars + 2,
+                          num_beams=num_beams, **conditioning)[0]
     frame_box = codec.parse(answer)
     box = None if frame_box is None else framing.to_picture(frame_box)
     return Located(query, answer, frame_box, box, framing.size, fit, warning)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from pin.progress import tqdm
 
 from pin.boxes import BoxCodec
 from pin.composed import ComposedImage
@@ -172,7 +172,7 @@ def train_method(
     lr: float,
     seed: int,
     checkpoint_dir: Path,
-    checkpoint_every: int = 200,
+    checkpoint_every: int = 100,
     log_every: int = 10,
     val_images: list[ComposedImage] | None = None,
     live=None,

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from pin.errors import PinError
-    from pin.rehearsal.run import rehearse
+    from rehearsal.run import rehearse
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="pin-rehearsal-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ import pytest
 def _char_tokenizer(extra_special: tuple[str, ...] = ()):
     """A char-level fast tokenizer that prepends BOS like OPT's (the rehearsal's, so tests and
     the stand-ins agree): ids 0 <pad>, 1 </s> (bos=eos), 2 <unk>, ``extra_special``, printable ASCII."""
-    from pin.rehearsal.standins import char_tokenizer
+    from rehearsal.standins import char_tokenizer
 
     return char_tokenizer(extra_special)
 

@@ -7,7 +7,7 @@ from PIL import Image
 from pin.boxes import BoxCodec
 from pin.errors import PinError
 from pin.insert import InsertConfig, PositionalInsert
-from pin.rehearsal.standins import unit_scale
+from rehearsal.standins import unit_scale
 from pin.vlm.base import InsertSite
 from pin.vlm.blip2 import PAPER_MODEL, Blip2Adapter
 

@@ -229,7 +229,7 @@ def test_info_and_similarity(models, tmp_path):
     res = runner.invoke(app, ["info", str(models / "mini_vlm")])
     assert res.exit_code == 0 and "mini VLM" in res.output
     res = runner.invoke(app, ["info", str(tmp_path)])
-    assert res.exit_code == 1 and "no trained insert" in res.output
+    assert res.exit_code == 1 and "no trained method" in res.output and "pin info FOLDER" in res.output
 
     out = tmp_path / "sim.png"
     res = runner.invoke(app, ["similarity", str(models / "pin"), "-o", str(out)])

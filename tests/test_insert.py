@@ -108,7 +108,8 @@ def test_save_and_load_round_trip(tmp_path, table, layout):
             p.add_(torch.randn_like(p))
     insert.save_pretrained(tmp_path / "pin")
     assert sorted(p.name for p in (tmp_path / "pin").iterdir()) == ["config.json", "model.safetensors"]
-    assert json.loads((tmp_path / "pin" / "config.json").read_text())["pin_insert"]["layout"] == layout
+    saved = json.loads((tmp_path / "pin" / "config.json").read_text())
+    assert saved["method"] == "pin" and saved["config"]["layout"] == layout
     loaded = PositionalInsert.from_pretrained(tmp_path / "pin")
     assert loaded.config == insert.config
     assert torch.equal(loaded(), insert())
@@ -128,7 +129,7 @@ def test_from_pretrained_errors(tmp_path):
         PositionalInsert.from_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(good)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["pin_insert"]["width"] = 25
+    cfg["config"]["width"] = 25
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PinError, match="do not match"):
         PositionalInsert.from_pretrained(tmp_path)

@@ -1,11 +1,11 @@
-"""scripts/mini_vlm_report.py: the mini-VLM issue's bar, checked from the metric files."""
+"""research/mini_vlm_report.py: the mini-VLM issue's bar, checked from the metric files."""
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mini_vlm_report.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "research" / "mini_vlm_report.py"
 
 
 def _report():

@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 from transformers import AutoModelForCausalLM, AutoTokenizer, MptConfig, MptForCausalLM  # noqa: E402
 
 from pin.errors import PinError  # noqa: E402
-from pin.vlm.mosaic_standin import (  # noqa: E402
+from rehearsal.mosaic_standin import (  # noqa: E402
     REMOTE_CONFIG_MODULE,
     REMOTE_MODEL_MODULE,
     SENTINEL,

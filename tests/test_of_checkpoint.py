@@ -135,7 +135,7 @@ def test_malformed_checkpoints_name_the_problem(files, released, tmp_path):
 def test_openflamingo_3b_layout_with_a_mosaic_gpt_lm(files, tmp_path):
     """OpenFlamingo-3B's layout: a mosaic_gpt LM folder (MPT-1B's on-disk format, built by our native
     MPT) and a checkpoint holding exactly the released key families, ``module.``-prefixed."""
-    from pin.vlm.mosaic_standin import write_tiny_mosaic_gpt
+    from rehearsal.mosaic_standin import write_tiny_mosaic_gpt
 
     lm = write_tiny_mosaic_gpt(tmp_path / "anas-awadalla" / "mpt-1b-redpajama-200b-dolly")
     flamingo = build_flamingo(lm, files[1])

@@ -47,7 +47,7 @@ def test_text_ignores_paste_order_and_position(objs, seed, kind, perm_seed, slot
 @given(objs=objects_st, seed=st.integers(0, 2**32))
 def test_slot_numbers_are_sizes_only(objs, seed):
     f = facts(objs)
-    t = make_text(f, NAMES, random.Random(seed), "slot")
+    t = make_text(f, NAMES, random.Random(seed), "slot", TextRecipe(slot="origin"))
     nums = [int(x) for x in re.findall(r"\d+", t.answer)]
     assert len(nums) == 4
     x1, y1, w, h = nums

@@ -1,4 +1,4 @@
-"""scripts/probe_position.py: the linear probe and the slot bookkeeping it reports."""
+"""research/probe_position.py: the linear probe and the slot bookkeeping it reports."""
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
@@ -8,7 +8,7 @@ import torch
 from pin.vlm.of_text import IGNORE_INDEX
 from pin.vlm.tokenizer import build_word_tokenizer
 
-spec = importlib.util.spec_from_file_location("probe_position", Path(__file__).parents[1] / "scripts" / "probe_position.py")
+spec = importlib.util.spec_from_file_location("probe_position", Path(__file__).parents[1] / "research" / "probe_position.py")
 probe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(probe)
 

@@ -1,4 +1,4 @@
-"""The paper profile rehearsed end to end (pin.rehearsal, scripts/rehearse_paper.py): tiny
+"""The paper profile rehearsed end to end (rehearsal, scripts/rehearse_paper.py): tiny
 random-weight stand-ins in the real on-disk formats, ``dvc exp run`` with the documented paper
 flags (only paths and sizes changed), once with OpenFlamingo and once with BLIP-2.
 
@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from pin import params
-from pin.rehearsal import flags as doc_flags
-from pin.rehearsal import run
+from rehearsal import flags as doc_flags
+from rehearsal import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_clip_model_param_takes_a_config_path(tmp_path):
     import torch
 
     from pin.errors import PinError
-    from pin.rehearsal.standins import write_open_clip
+    from rehearsal.standins import write_open_clip
     from pin.synth.clip_score import ClipScorer
 
     config, weights = write_open_clip(tmp_path / "clip")
@@ -102,7 +102,7 @@ def test_pretrain_vlm_stage_is_a_no_op_for_pretrained_vlms(tmp_path):
 
 def test_standin_data_sets_load_as_the_real_ones(tmp_path):
     from pin.eval.datasets import load_queries
-    from pin.rehearsal.datasets import write_all
+    from rehearsal.datasets import write_all
 
     d = write_all(tmp_path)
     cfg = params.EvalParams.model_validate({"paths": {

@@ -1,4 +1,4 @@
-"""scripts/scratch_recipes.py: every named recipe is a valid pretrain section, and the table reads results."""
+"""research/scratch_recipes.py: every named recipe is a valid pretrain section, and the table reads results."""
 import importlib.util
 import json
 from pathlib import Path
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("scratch_recipes", ROOT / "scripts" / "scratch_recipes.py")
+    spec = importlib.util.spec_from_file_location("scratch_recipes", ROOT / "research" / "scratch_recipes.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

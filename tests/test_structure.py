@@ -50,6 +50,22 @@ def test_dvc_deps_cover_every_module_the_stage_imports(name):
         f"it after those files change: {missing}")
 
 
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_dvc_deps_list_no_code_the_stage_does_not_run(name):
+    # a listed module the stage never imports reruns it (and everything after it) for nothing
+    stage = _stages()[name]
+    script = _entry_script(stage)
+    ran = {str(module_file(m).relative_to(ROOT)) for m in closure(script)} | {script}
+    unused = []
+    for dep in map(str, stage["deps"]):
+        path = ROOT / dep
+        code = [dep] if dep.endswith(".py") else [str(p.relative_to(ROOT)) for p in path.rglob("*.py")] \
+            if path.is_dir() else []
+        if code and not ran.intersection(code):
+            unused.append(dep)
+    assert not unused, f"dvc.yaml stage {name!r} lists code it never imports in deps: {unused}"
+
+
 def test_import_graph_sees_lazy_imports(tmp_path):
     # The graph must count an import inside a function: a stage that takes that path runs it.
     from import_graph import _imported_names

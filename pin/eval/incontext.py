@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from pin.progress import tqdm
 
 from pin.boxes import BoxCodec
 from pin.composed import ComposedImage

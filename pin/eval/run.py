@@ -8,8 +8,8 @@ draws), ``constant`` (the one box with the best mean IoU on the training boxes: 
 any model that ignores the image) and ``<method>_shuffled`` (the method answering about another
 image: if it barely drops, its answers do not come from the image). ``method=incontext`` adds
 ``incontext_<k>`` rows (mean/std over context draws) instead. The model sees each image squashed
-to 224x224, the frame the box text lives in; predictions are mapped back to original pixels for
-the predictions file.
+to 224x224, the frame the box text lives in; boxes are scored in that frame and the predictions
+file keeps them there (``pred_box``, ``gt_box``; ``gt_box_orig`` is in the original pixels).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from pin.progress import tqdm
 
 from pin.boxes import BoxCodec
 from pin.errors import PinError

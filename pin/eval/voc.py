@@ -77,7 +77,7 @@ def load_pvoc(cfg) -> tuple[list[Query], dict]:
         raise PinError(f"{listing}: file not found (eval.paths.pvoc.root must be the VOC2007 folder; "
                        f"eval.paths.pvoc.split={split!r}" + (f", lists here: {', '.join(have)})" if have else ")"))
     ids = [line.split()[0] for line in listing.read_text(errors="replace").splitlines() if line.strip()]
-    from tqdm import tqdm
+    from pin.progress import tqdm
 
     images = []
     for image_id in tqdm(ids, desc="pvoc: read annotations", unit="xml", leave=False):

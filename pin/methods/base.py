@@ -10,8 +10,9 @@ extension points (:mod:`pin.vlm.base`):
   trained with the encoder in the graph instead of on cached features.
 
 Methods that are evaluated as they are (``raw``, ``random``, ``incontext``) set ``trains = False``.
-A trained method is saved as ``model.safetensors`` (its trainable tensors) + ``config.json``
-(``{"method": name, "config": {...}, "grid": G}``), both written atomically. A new method is a
+A trained method is saved in the one folder format of :mod:`pin.saved` (``model.safetensors``
+with its trainable tensors, ``config.json`` with ``{"method": name, "config": {...}, "grid": G}``)
+and read back by :func:`pin.methods.load_method`. A new method is a
 subclass with a ``name`` and a ``from_params``, listed in ``pin.methods.METHODS``.
 """
 from __future__ import annotations
@@ -22,13 +23,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors.torch import save as st_save
 from torch import nn
 
-from pin.io import atomic_write_bytes, atomic_write_json
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from pin.saved import write_method
 
 
 class Method(nn.Module):
@@ -89,11 +86,7 @@ class Method(nn.Module):
     def save_pretrained(self, folder: str | Path, grid: int | None = None) -> None:
         """Write the trainable tensors and ``config.json``; ``grid``: the box grid the method was
         trained to answer on, recorded so that a user of the folder need not guess it."""
-        folder = Path(folder)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state().items()}
-        atomic_write_bytes(folder / WEIGHTS_FILE, st_save(tensors))
-        info = {"method": self.name, "config": self.config()}
-        atomic_write_json(folder / CONFIG_FILE, info if grid is None else {**info, "grid": grid})
+        write_method(folder, self.name, self.config(), self.trainable_state(), grid)
 
 
 def xavier_tokens(n: int, width: int) -> nn.Parameter:

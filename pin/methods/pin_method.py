@@ -1,17 +1,19 @@
 """PIN (paper Sec. 4.1) as a method: the positional insert added to the patch features."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from pin.errors import PinError
 from pin.insert import InsertConfig, PositionalInsert
 from pin.methods.base import Method
 
 
+SITE_KEYS = ("n_positions", "width", "has_cls")  # set by the VLM, saved so an insert reads without it
+
+
 class PinMethod(Method):
-    """Wraps a :class:`~pin.insert.PositionalInsert`; saved in the insert's own format (so
-    ``models/pin`` folders written before the baselines existed still load)."""
+    """Wraps a :class:`~pin.insert.PositionalInsert`; its config is the insert's whole config, so
+    the saved folder is also what ``PositionalInsert.from_pretrained`` reads."""
 
     name = "pin"
 
@@ -21,7 +23,14 @@ class PinMethod(Method):
 
     @classmethod
     def build(cls, vlm, **config) -> "PinMethod":
-        return cls(PositionalInsert(InsertConfig.for_site(vlm.site, **config)))
+        site = vlm.site
+        saved = {k: config.pop(k) for k in SITE_KEYS if k in config}
+        if any(saved[k] != getattr(site, k) for k in saved):
+            raise PinError(
+                f"this insert was trained for {saved.get('n_positions')} positions of width {saved.get('width')}, "
+                f"but the {getattr(vlm, 'name', '')} VLM has {site.n_positions} x {site.width}: use the insert "
+                "trained with this VLM")
+        return cls(PositionalInsert(InsertConfig.for_site(site, **config)))
 
     @classmethod
     def from_params(cls, vlm, pin_p, baselines_p) -> "PinMethod":
@@ -38,9 +47,4 @@ class PinMethod(Method):
         self.insert.load_state_dict(state, strict=True)
 
     def config(self) -> dict:
-        # the insert's own sizes; n_positions, width and has_cls come from the VLM (build)
-        site_keys = ("n_positions", "width", "has_cls")
-        return {k: v for k, v in self.insert.config.to_dict().items() if k not in site_keys}
-
-    def save_pretrained(self, folder: str | Path, grid: int | None = None) -> None:
-        self.insert.save_pretrained(folder, grid=grid)
+        return self.insert.config.to_dict()

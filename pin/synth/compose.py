@@ -273,7 +273,7 @@ def run_compose(
     from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
 
-    from tqdm import tqdm
+    from pin.progress import tqdm
 
     from pin.io import atomic_write_json, prepare_resumable_dir, remove_temp_files
     from pin.synth import shards as sh

@@ -60,7 +60,7 @@ def filter_objects(
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict]:
     """Apply the checks to a manifest; returns (annotated manifest, metrics)."""
-    from tqdm import tqdm
+    from pin.progress import tqdm
 
     objects_dir = Path(objects_dir)
     n = len(df)

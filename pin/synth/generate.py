@@ -178,7 +178,7 @@ def _chunks(jobs: Sequence[Job], size: int) -> Iterable[list[Job]]:
 
 def run_jobs(jobs: Sequence[Job], backend: Generator, out_dir: Path, progress: bool = True) -> tuple[int, int, int]:
     """Make the missing pictures of ``jobs``; returns (made, reused, skipped)."""
-    from tqdm import tqdm
+    from pin.progress import tqdm
 
     made = reused = skipped = 0
     bar = tqdm(total=len(jobs), desc=f"generate/{backend.name}", unit="img", disable=not progress,

@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from pin.frame import FRAME
 from pin.viz.png import figure, save_png
 
 PAPER_IMAGES = 50  # encoder panel: similarities averaged over this many images (paper, App. B)
@@ -94,10 +95,10 @@ def table_similarity(table: torch.Tensor, grid: int, has_cls: bool = False) -> n
 
 @torch.no_grad()
 def encoder_similarity(vlm, images: Sequence, n_images: int = PAPER_IMAGES, batch_size: int = 25,
-                       frame: int = 224) -> np.ndarray:
+                       frame: int = FRAME) -> np.ndarray:
     """The frozen encoder's patch features: per-image patch-pair cosine similarities, averaged
     over the first ``n_images`` images (PIL images or objects with ``.pil()``)."""
-    from tqdm import tqdm
+    from pin.progress import tqdm
 
     site = vlm.site
     rows = patch_rows(site.n_positions, site.grid, site.has_cls)

@@ -85,7 +85,7 @@ def build_openflamingo(
     key names renamed as the weights load) and never imports the folder's Python files; an
     unsupported mosaic config value is refused with a :class:`~pin.errors.PinError` naming it.
     Tested with tiny random weights in the released on-disk format
-    (:mod:`pin.vlm.mosaic_standin`) against an explicit-math reference. NOT VERIFIED HERE: the
+    (:mod:`rehearsal.mosaic_standin`) against an explicit-math reference. NOT VERIFIED HERE: the
     real MPT-1B and OpenFlamingo-3B weights (no hub access on this machine).
     """
     import open_flamingo

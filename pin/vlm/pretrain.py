@@ -16,11 +16,12 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from pin.progress import tqdm
 
 from pin.categories import query_name
 from pin.composed import ComposedImage
 from pin.errors import PinError
+from pin.frame import FRAME
 from pin.vlm.base import resolve_device
 from pin.vlm.pretrain_text import ObjectFact, PretrainText, TextRecipe, make_text
 
@@ -31,7 +32,7 @@ def facts_of(image: ComposedImage, relations: bool = False) -> list[ObjectFact]:
     out = []
     for o in image.objects:
         x1, y1, x2, y2 = o.box
-        sx, sy = 224 / image.width, 224 / image.height
+        sx, sy = FRAME / image.width, FRAME / image.height
         centre = ((x1 + x2) / 2 * sx, (y1 + y2) / 2 * sy) if relations else None
         out.append(ObjectFact(query_name(o.category), round((x2 - x1) * sx), round((y2 - y1) * sy), centre,
                               levels=tuple(o.appearance)))
@@ -303,7 +304,7 @@ def category_vocabulary(images: list[ComposedImage]) -> list[str]:
     return sorted({query_name(o.category) for im in images for o in im.objects})
 
 
-def text_recipe(p, grid: int = 8, frame: int = 224) -> TextRecipe:
+def text_recipe(p, grid: int = 8, frame: int = FRAME) -> TextRecipe:
     try:
         return TextRecipe(mix=tuple(p.text_mix.items()), slot=p.slot, frame=frame, cell=frame // grid)
     except ValueError as err:  # pretrain_text knows its own text kinds; the message names the key

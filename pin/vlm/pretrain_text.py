@@ -41,11 +41,13 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pin.frame import FRAME
+
 IMAGE_TOKEN = "<image>"
 END_TOKEN = "<|endofchunk|>"
 PROMPT = "In the image is a {obj} located at"
 
-TEXT_MIX = {"caption": 0.25, "exists": 0.3, "count": 0.15, "slot": 0.3}
+TEXT_MIX = {"caption": 0.2, "exists": 0.35, "count": 0.15, "slot": 0.3}  # = params pretrain.text_mix
 # Coarse relations between two named objects ("is the dog left of the cup?"), as web captions
 # carry them - never a coordinate. Off unless a recipe's mix names it; the only kind that reads
 # where objects are.
@@ -66,9 +68,9 @@ class TextRecipe:
     """How texts are drawn: the mix of kinds, where slot boxes are anchored, the grid cell."""
 
     mix: tuple[tuple[str, float], ...] = tuple(TEXT_MIX.items())
-    slot: str = "origin"
-    frame: int = 224
-    cell: int = 28  # 224 / compose.grid
+    slot: str = "anywhere"  # = params pretrain.slot
+    frame: int = FRAME
+    cell: int = FRAME // 8  # FRAME / compose.grid
 
     def __post_init__(self):
         check_text_kinds(k for k, _ in self.mix)

@@ -24,6 +24,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from pin.frame import FRAME
+
 UNK = "<unk>"
 PAD = "<pad>"
 EOS = "</s>"
@@ -57,7 +59,7 @@ _PIECE = r"\p{L}+|\p{N}|" + SPACE + r"|[^\p{L}\p{N}" + SPACE + r"]"
 # With whole numbers, a run of digits is one piece: "112" is one token, not three (each of
 # 0..MAX_WHOLE_NUMBER is a vocabulary entry; a larger number becomes <unk>).
 _PIECE_WHOLE = r"\p{L}+|\p{N}+|" + SPACE + r"|[^\p{L}\p{N}" + SPACE + r"]"
-MAX_WHOLE_NUMBER = 224
+MAX_WHOLE_NUMBER = FRAME  # the largest box coordinate
 _WORD = re.compile(r"[^\W\d_]+")
 
 

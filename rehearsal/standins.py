@@ -6,7 +6,7 @@ weights come in, so the paper profile's loaders read them exactly as they would 
 * CLIP: an open_clip model-config JSON plus a checkpoint file of its state dict
   (``open_clip_pytorch_model.bin``);
 * OpenFlamingo: ``checkpoint.pt`` holding only the parameters open_flamingo trains, next to a
-  mosaic_gpt-format language model folder (written by :mod:`pin.vlm.mosaic_standin`);
+  mosaic_gpt-format language model folder (written by :mod:`rehearsal.mosaic_standin`);
 * BLIP-2: a transformers ``save_pretrained`` folder (model, tokenizer, image processor).
 
 The numbers are random: these prove that files, formats and code paths fit together, not that
@@ -174,7 +174,7 @@ def write_openflamingo(folder: Path, clip_config: Path, clip_weights: Path, seed
     import open_clip
     import open_flamingo
 
-    from pin.vlm.mosaic_standin import write_tiny_mosaic_gpt
+    from rehearsal.mosaic_standin import write_tiny_mosaic_gpt
 
     lang = folder.parent / LM_FOLDER
     write_tiny_mosaic_gpt(lang, seed=seed)

@@ -4,11 +4,11 @@ and score it - the research loop of the mini-VLM issue, on the CPU, one recipe p
 The shipped ViT is kept (``pretrain.vision_from``) and its patch features are cached, so a
 recipe costs only the perceiver + cross-attention + LM pretraining (the stage's own code,
 ``pin.vlm.pretrain.pretrain_mini``) and a PIN run on cached features (the loop of
-``scripts/probe_position.py``). Every number is scored on the held-out split (categories PIN
+``research/probe_position.py``). Every number is scored on the held-out split (categories PIN
 never trained on) with the evaluation's own box parser.
 
-    python scripts/scratch_recipes.py --recipe mixed --out lab/recipes/mixed
-    python scripts/scratch_recipes.py --recipe wide -S lm_steps=3000 --pin-steps 1200 --pin-lr 1e-2
+    python research/scratch_recipes.py --recipe mixed --out lab/recipes/mixed
+    python research/scratch_recipes.py --recipe wide -S lm_steps=3000 --pin-steps 1200 --pin-lr 1e-2
 
 ``--recipe`` names a row of RECIPES (pretrain params); ``-S key=value`` overrides any pretrain
 param on top; ``--model DIR`` skips pretraining and scores an existing mini VLM (e.g. the

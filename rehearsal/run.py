@@ -2,7 +2,7 @@
 with the paper profile's flags as the docs give them - only the paths (pointed at the
 stand-ins) and the sizes changed - once per VLM, then checks of what the run left.
 
-The flags are read from the documentation (:mod:`pin.rehearsal.flags`), so a flag that the docs
+The flags are read from the documentation (:mod:`rehearsal.flags`), so a flag that the docs
 get wrong fails here. Every stage process (and DVC) runs with a ``sitecustomize``
 that refuses and records any network connection, with empty HF/torch caches and the hub offline.
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pin.errors import PinError
-from pin.rehearsal.flags import DATASETS, documented_flags, rehearsal_flags
-from pin.rehearsal.standins import StandIns
+from rehearsal.flags import DATASETS, documented_flags, rehearsal_flags
+from rehearsal.standins import StandIns
 
 STAGES = ("generate", "filter", "compose", "pretrain_vlm", "train", "figures")
 EXCLUDE_TOP = {"data", "models", "metrics", "dvclive", ".dvc/cache", ".dvc/tmp"}
@@ -239,7 +239,7 @@ def frozen_fingerprint(p) -> tuple[dict[str, str], float]:
 def rehearse(work: Path, root: Path, vlms: tuple[str, ...] = ("openflamingo", "blip2"),
              say=print) -> list[RunReport]:
     """Build everything under ``work``, run ``dvc exp run`` once per VLM, check the results."""
-    from pin.rehearsal import datasets, standins
+    from rehearsal import datasets, standins
 
     t0 = time.perf_counter()
     models = standins.write_all(work, openflamingo="openflamingo" in vlms)
@@ -284,7 +284,7 @@ def rehearse(work: Path, root: Path, vlms: tuple[str, ...] = ("openflamingo", "b
         reports.append(report)
     moved = [str(f) for f, h in hashes.items() if sha256(f) != h]
     if models.of_lang is not None:
-        from pin.vlm.mosaic_standin import SENTINEL
+        from rehearsal.mosaic_standin import SENTINEL
 
         if (models.of_lang / SENTINEL).exists():  # the mosaic_gpt remote-code stubs were imported
             reports[-1].problems.append(f"remote code ran: {models.of_lang / SENTINEL} exists")

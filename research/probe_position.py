@@ -18,7 +18,7 @@ on the 8x8 grid (64 classes) from:
 perceiver and ViT frozen), scored by greedy decoding on the held-out split.
 ``--slots`` trains PIN alone and logs the per-slot answer loss (x1, y1, x2, y2 tokens).
 
-    python scripts/probe_position.py --vlm models/mini_vlm --composed data/composed
+    python research/probe_position.py --vlm models/mini_vlm --composed data/composed
 """
 from __future__ import annotations
 

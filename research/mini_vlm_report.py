@@ -1,6 +1,6 @@
 """Print the offline default's story in one table: does PIN unlock the mini VLM?
 
-    python scripts/mini_vlm_report.py [metrics/eval/synthetic.json] [metrics/pretrain.json]
+    python research/mini_vlm_report.py [metrics/eval/synthetic.json] [metrics/pretrain.json]
 
 Reads what `dvc repro` wrote (nothing is recomputed) and checks the bar of the mini-VLM issue.
 Floor: PIN > the constant box; the correlation of PIN's box centre-x with the truth >= 0.5; IoU

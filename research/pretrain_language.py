@@ -1,10 +1,10 @@
 """Throughput of the mini VLM's language pretraining on cached features (texts per second).
 
-The from-scratch recipes of scripts/scratch_recipes.py spend nearly all their time here, so this
+The from-scratch recipes of research/scratch_recipes.py spend nearly all their time here, so this
 is the number that decides how many recipes a CPU can afford. Random features stand in for the
 cached ViT output (the cost does not depend on their values).
 
-    python bench/pretrain_language.py --batch 64 128 256 --steps 20 --threads 1
+    python research/pretrain_language.py --batch 64 128 256 --steps 20 --threads 1
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ import shlex
 from pathlib import Path
 
 from pin.errors import PinError
-from pin.rehearsal.datasets import DataSets
-from pin.rehearsal.standins import StandIns
+from rehearsal.datasets import DataSets
+from rehearsal.standins import StandIns
 
 DATASETS = ("coco", "pvoc", "lvis", "refcoco")
 DOCS = ("docs/paper.md", "README.md")  # where the paper-profile arrays may live
