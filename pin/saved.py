@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from pin.errors import PinError
@@ -75,12 +73,10 @@ def read_method(folder: str | Path) -> SavedMethod:
 
 
 def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
-    """The saved tensors of a method folder."""
-    path = Path(folder) / WEIGHTS_FILE
-    try:
-        return st_load(path.read_bytes())
-    except (OSError, SafetensorError) as err:
-        raise PinError(f"{path}: cannot read the trained weights ({err}); retrain with `dvc repro train`") from None
+    """The saved tensors of a method folder (a damaged file is one PinError naming it)."""
+    from pin import weights
+
+    return weights.read_weights(Path(folder) / WEIGHTS_FILE)
 
 
 def saved_grid(folder: str | Path) -> int | None:

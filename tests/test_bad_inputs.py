@@ -676,7 +676,7 @@ CLI_CASES = [
             DAMAGED.format("pin")),
     CliCase("similarity_missing", "pin similarity on a folder without an insert",
             lambda ws: ["similarity", "nothing", "-o", "s.png"],
-            P("nothing: no trained insert here (config.json + model.safetensors). ") + ".*"),
+            P("nothing: no trained method here (config.json + model.safetensors). ") + ".*"),
     CliCase("check_params_missing", "pin check-weights --params FILE that does not exist",
             lambda ws: ["check-weights", "--vlm", "blip2", "--params", "nope.yaml"],
             P("nope.yaml: params file not found (--params)")),
