@@ -3,6 +3,7 @@ fails is reported."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 from pin.params import ComposeParams
 
@@ -14,4 +15,14 @@ class UnpicklableInWorker(ComposeParams):
     def __setstate__(self, state):
         if multiprocessing.parent_process() is not None:
             raise RuntimeError("this params object cannot be unpickled in a worker")
+        super().__setstate__(state)
+
+
+class KillsTheWorker(ComposeParams):
+    """Compose params whose unpickling ends a child process outright (as a crash in native code
+    or an out-of-memory kill would): nothing is raised that a worker could report."""
+
+    def __setstate__(self, state):
+        if multiprocessing.parent_process() is not None:
+            os._exit(3)
         super().__setstate__(state)

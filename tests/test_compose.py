@@ -392,22 +392,27 @@ def test_stage_entry_point(objects, tmp_path, monkeypatch):
     assert os.path.exists("data/composed/_config.json")
 
 
-def test_a_worker_that_cannot_start_stops_the_stage_within_seconds(objects, tmp_path):
+@pytest.mark.parametrize("broken, error", [
+    ("UnpicklableInWorker", r"a compose worker process could not start: unexpected RuntimeError .*"
+                            r"\(RuntimeError: this params object cannot be unpickled in a worker\)"),
+    ("KillsTheWorker", r"a compose worker process died \(.+\); the 0 shards finished this run are kept under .*: "
+                       r"rerun to resume"),
+])
+def test_a_worker_that_cannot_start_stops_the_stage_within_seconds(objects, tmp_path, broken, error):
     """multiprocessing.Pool respawned such workers forever (the stage hung at 0%); now the stage
     fails at once with the worker's error, keeping the shards already finished."""
     import time
 
-    from broken_worker import UnpicklableInWorker
+    import broken_worker
 
     out = tmp_path / "c"
     first = _compose(objects, out, small())  # 6 shards
     (out / "train" / sh.shard_name(1)).unlink()
     (out / "val" / sh.shard_name(0)).unlink()
     kept = _shard_bytes(out)
-    p = UnpicklableInWorker(**small(workers=2).model_dump())
+    p = getattr(broken_worker, broken)(**small(workers=2).model_dump())
     start = time.monotonic()
-    with pytest.raises(PinError, match=r"a compose worker process could not start: unexpected RuntimeError .*"
-                                       r"\(RuntimeError: this params object cannot be unpickled in a worker\)"):
+    with pytest.raises(PinError, match=error):
         _compose(objects, out, p)
     assert time.monotonic() - start < 60  # spawning 2 workers; it hung forever before
     assert _shard_bytes(out) == kept and len(kept) == len(_shard_bytes(out)) == 4
