@@ -181,6 +181,7 @@ class EvalParams(Section):
     random_draws: int = Field(10, ge=1)  # paper: random baselines averaged over 10 runs
     gallery_size: int = Field(16, ge=0)
     seed: int = 0
+    processes: int = Field(1, ge=1, exclude=True)  # > 1: under `accelerate launch` (pin.launch)
 
 
 class VLMParams(Section):
@@ -279,6 +280,8 @@ class TrainParams(Section):
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
     max_images: int | None = Field(None, ge=1)
+    # > 1: the stage runs itself under `accelerate launch` (pin.launch); not in any fingerprint
+    processes: int = Field(1, ge=1, exclude=True)
 
 
 SECTIONS: dict[str, type[Section]] = {
