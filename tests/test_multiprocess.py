@@ -94,11 +94,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(script: str, *args: str, processes: int = 2) -> list[str]:
+# docs/profiles.md's launch command, word for word (test_docs_show_the_tested_commands)
+LAUNCH = "launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no".split()
+
+
+def launch_command(script: str, *args: str) -> list[str]:
     """docs/profiles.md's command, on the CPU (ACCELERATE_USE_CPU=1 in the environment: gloo)."""
-    return [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-            str(ROOT / "stages" / script), *args]
+    return [str(ACCELERATE), *LAUNCH, "--main_process_port", str(_free_port()), str(ROOT / "stages" / script), *args]
+
+
+def test_docs_show_the_tested_commands():
+    doc = (ROOT / "docs" / "profiles.md").read_text()
+    for stage in ("train.py", "evaluate.py synthetic"):
+        assert f"accelerate {' '.join(LAUNCH)} stages/{stage}" in doc, stage
+    assert "dvc exp run -S train.processes=2 -S eval.processes=2" in doc  # the processes params (below)
+    for line in ("python stages/generate.py --shard ${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}",
+                 "python stages/generate.py --merge 8", "dvc remote add -d storage"):
+        assert line in doc, line  # the shard commands: tests/test_generate_shards.py
 
 
 def _env() -> dict:
