@@ -282,6 +282,10 @@ class TrainParams(Section):
     max_images: int | None = Field(None, ge=1)
     # > 1: the stage runs itself under `accelerate launch` (pin.launch); not in any fingerprint
     processes: int = Field(1, ge=1, exclude=True)
+    # cached: the fixed data/composed set and its feature cache; fresh: every sample composed on
+    # the fly by `compose_workers` DataLoader processes, the encoder in every step (pin.fresh)
+    compose: Literal["cached", "fresh"] = "cached"
+    compose_workers: int = Field(2, ge=0, exclude=True)  # changes the speed, not the samples
 
 
 SECTIONS: dict[str, type[Section]] = {

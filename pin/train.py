@@ -31,6 +31,7 @@ from tqdm import tqdm
 from pin.boxes import BoxCodec
 from pin.checkpoint import Checkpointer
 from pin.composed import ComposedImage
+from pin.features import compute_features, shared_features  # noqa: F401 - compute_features: scripts import it here
 from pin.io import atomic_write_json, record_timing
 from pin.methods.base import Method
 from pin.vlm.base import FrozenVLM
@@ -54,58 +55,12 @@ def make_samples(images: list[ComposedImage], codec: BoxCodec, step_seed: int, b
     return out
 
 
-@torch.no_grad()
-def compute_features(vlm: FrozenVLM, images: list[ComposedImage], batch_size: int = 64, desc: str = "features",
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Patch features of every image (N, positions, width), kept on the host."""
-    chunks = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        batch = images[start : start + batch_size]
-        pixels = vlm.preprocess([im.pil() for im in batch]).to(vlm.device)
-        chunks.append(vlm.patch_features(pixels).to("cpu", dtype))
-    return torch.cat(chunks)
-
-
 def make_accelerator(device: torch.device):
     """The run's Accelerator, made before the VLM touches a device: under ``accelerate launch`` its
     ``device`` is this process's own GPU (or the CPU when ``device`` is the CPU)."""
     from accelerate import Accelerator
 
     return Accelerator(cpu=device.type == "cpu")
-
-
-def shared_features(vlm: FrozenVLM, images: list[ComposedImage], path: Path, accelerator,
-                    batch_size: int = 64, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """:func:`compute_features` for N processes: one ``.npy`` file that process i fills with
-    batches i, i+N, ... (the batches one process would encode) and every process then
-    memory-maps, so the host holds one copy in the page cache, not N, and the GPU one batch."""
-    import numpy as np
-    from numpy.lib.format import open_memmap
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-    # numpy has no bfloat16: its bits are stored as uint16 and viewed back
-    store = np.uint16 if dtype == torch.bfloat16 else np.float32
-    with torch.no_grad():
-        shape = vlm.patch_features(vlm.preprocess([images[0].pil()]).to(vlm.device)).shape[1:]
-    if accelerator.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        open_memmap(path, mode="w+", dtype=store, shape=(len(images), *shape)).flush()
-    accelerator.wait_for_everyone()
-    out = open_memmap(path, mode="r+")
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts[rank::world], desc=path.stem, unit="batch", leave=False,
-                      disable=not accelerator.is_main_process):
-        with torch.no_grad():
-            pixels = vlm.preprocess([im.pil() for im in images[start:start + batch_size]]).to(vlm.device)
-            rows = vlm.patch_features(pixels).to("cpu", dtype)
-        out[start:start + len(rows)] = rows.view(torch.int16).numpy().view(store) if store is np.uint16 \
-            else rows.numpy()
-    out.flush()
-    del out
-    accelerator.wait_for_everyone()
-    # copy-on-write: a writable array (torch wants one) whose pages stay the shared file's
-    feats = torch.from_numpy(np.load(path, mmap_mode="c"))
-    return feats.view(torch.bfloat16) if store is np.uint16 else feats
 
 
 @dataclass
@@ -177,6 +132,8 @@ def train_method(
     accelerator=None,
     fingerprint: str = "",
     cache_features: bool = True,
+    fresh=None,
+    compose_workers: int = 2,
 ) -> TrainResult:
     from accelerate import Accelerator
 
@@ -191,8 +148,10 @@ def train_method(
                          "(each takes an equal slice of the step's batch)")
     torch.manual_seed(seed)
     checkpoint_dir = Path(checkpoint_dir)
-    feats = BatchFeatures(vlm, method, train_images, desc="train features", cache=cache_features,
-                          accelerator=accelerator, shared_path=checkpoint_dir / "features-train.npy")
+    # fresh (pin.fresh.FreshBatches): every sample a new image, composed by the loader's workers
+    feats = None if fresh is not None else BatchFeatures(
+        vlm, method, train_images, desc="train features", cache=cache_features, accelerator=accelerator,
+        shared_path=checkpoint_dir / "features-train.npy")
     val_feats = BatchFeatures(vlm, method, val_images, desc="val features", cache=cache_features,
                               accelerator=accelerator, shared_path=checkpoint_dir / "features-val.npy") \
         if val_images else None
@@ -224,18 +183,28 @@ def train_method(
     t0 = time.perf_counter()
     bar = tqdm(range(start_step, steps), desc=f"train {method.name}", unit="step",
                disable=not accelerator.is_main_process, initial=start_step, total=steps)
+    fresh_items = None if fresh is None else iter(fresh.loader(range(start_step, steps), compose_workers))
     for step in bar:
-        batch = make_samples(train_images, codec, seed * 1_000_003 + step, batch_size)
-        samples = batch[rank * per_rank : (rank + 1) * per_rank]  # each process its slice of the same batch
-        idx = torch.tensor([s.image_index for s in samples])
+        batch = None
         with accelerator.autocast():
-            loss = vlm.answer_loss(feats(idx, accelerator.device), [vlm.prompt(s.prompt) for s in samples],
-                                   [s.answer for s in samples], **model())
+            if fresh_items is None:
+                batch = make_samples(train_images, codec, seed * 1_000_003 + step, batch_size)
+                samples = batch[rank * per_rank : (rank + 1) * per_rank]  # each process its slice of the same batch
+                prompts, answers = [s.prompt for s in samples], [s.answer for s in samples]
+                features = feats(torch.tensor([s.image_index for s in samples]), accelerator.device)
+            else:
+                items = next(fresh_items)  # this process's slice, composed ahead by the workers
+                prompts, answers = [q for _, q, _ in items], [a for _, _, a in items]
+                features = method.features(vlm, vlm.preprocess([im for im, _, _ in items])).to(
+                    accelerator.device, torch.float32)
+            loss = vlm.answer_loss(features, [vlm.prompt(q) for q in prompts], answers, **model())
         if world > 1:
             # Answers differ in length: weighted by its share of the batch's answer tokens, the
             # slice's mean averages (DDP) to the whole batch's token mean, one process's loss.
-            counts = vlm.answer_token_counts([s.answer for s in batch])
-            loss = loss * (sum(counts[rank * per_rank : (rank + 1) * per_rank]) * world / sum(counts))
+            mine = sum(vlm.answer_token_counts(answers))
+            total = sum(vlm.answer_token_counts([s.answer for s in batch])) if batch is not None else \
+                float(accelerator.reduce(torch.tensor(float(mine), device=accelerator.device), "sum"))
+            loss = loss * (mine * world / total)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
@@ -331,13 +300,16 @@ def write_train_metrics(path: Path, result: TrainResult, extra: dict) -> None:
 def run_train(train_p, vlm: FrozenVLM, method: Method, grid: int, *, fingerprint: str = "",
               composed_dir: str = "data/composed", out_dir: str = "models/pin",
               metrics_path: str = "metrics/train.json", live_dir: str = "metrics/train_live",
-              timing_path: str | None = "metrics/timing.json", accelerator=None) -> str:
+              timing_path: str | None = "metrics/timing.json", accelerator=None, compose_p=None,
+              objects_dir: str = "data/objects", filtered: str = "data/filtered/manifest.parquet") -> str:
     """The train stage on built components (``stages/train.py`` builds them from params): train
     ``method`` (fresh, seeded) on the frozen ``vlm`` to answer boxes on the ``grid``, save it with
     its grid, and write its metrics. A method that trains nothing (raw, random, incontext) is
     saved as its config, with zero trainable parameters and no training curve. ``fingerprint``:
     what a checkpoint must match to be resumed from (:func:`run_fingerprint`). ``accelerator``:
-    the stage's (:func:`make_accelerator`); under N processes only the main one writes files."""
+    the stage's (:func:`make_accelerator`); under N processes only the main one writes files.
+    ``train_p.compose == "fresh"``: samples composed on the fly (:mod:`pin.fresh`) by ``compose_p``
+    from ``objects_dir`` and the ``filtered`` manifest instead of read from ``composed_dir``/train."""
     import shutil
 
     from dvclive import Live
@@ -359,7 +331,14 @@ def run_train(train_p, vlm: FrozenVLM, method: Method, grid: int, *, fingerprint
                             {**extra, "n_train_images": 0})
         return f"method {method.name} trains nothing; evaluated as it is"
 
-    train_images = read_split_records(Path(composed_dir) / "train", limit=train_p.max_images)
+    fresh = None
+    if train_p.compose == "fresh":
+        from pin.fresh import FreshBatches
+
+        world, rank = (1, 0) if accelerator is None else (accelerator.num_processes, accelerator.process_index)
+        fresh = FreshBatches(compose_p, objects_dir, filtered, train_p.seed, train_p.batch_size, rank, world)
+        extra["compose"] = "fresh"
+    train_images = [] if fresh else read_split_records(Path(composed_dir) / "train", limit=train_p.max_images)
     val_images = read_split_records(Path(composed_dir) / "val", limit=512)
     ckpt_dir = Path(out_dir).with_name(Path(out_dir).name + "_checkpoints")
     # a fresh log each start; a resumed run first replays the history saved in its checkpoint
@@ -368,11 +347,13 @@ def run_train(train_p, vlm: FrozenVLM, method: Method, grid: int, *, fingerprint
                               lr=train_p.lr, seed=train_p.seed, checkpoint_dir=ckpt_dir,
                               checkpoint_every=train_p.checkpoint_every, log_every=train_p.log_every,
                               val_images=val_images, live=live, fingerprint=fingerprint,
-                              cache_features=train_p.cache_features, accelerator=accelerator)
+                              cache_features=train_p.cache_features, accelerator=accelerator, fresh=fresh,
+                              compose_workers=train_p.compose_workers)
     if not main:
         return "a worker process: the main process writes the outputs"
     method.save_pretrained(out_dir, grid=grid)
-    write_train_metrics(Path(metrics_path), result, {**extra, "n_train_images": len(train_images)})
+    n_images = train_p.steps * train_p.batch_size if fresh else len(train_images)  # fresh: each sample its own
+    write_train_metrics(Path(metrics_path), result, {**extra, "n_train_images": n_images})
     if timing_path is not None:
         record_timing(timing_path, "train", {"seconds": round(result.seconds, 3),
                                             "samples_per_s": round(result.samples_per_s, 1)})

@@ -1,4 +1,4 @@
-"""DVC stage `train`: the chosen method (params: method, vlm, pin, baselines, train, compose.grid),
+"""DVC stage `train`: the chosen method (params: method, vlm, pin, baselines, train, compose),
 PIN by default, on the frozen VLM.
 
     python stages/train.py                 # CPU or one GPU; train.processes=N > 1: relaunched
@@ -24,7 +24,8 @@ def main() -> str:
 
     raw = params.load_yaml()
     method = params.parse_method(raw, METHODS)
-    grid = params.parse_section("compose", raw.get("compose")).grid
+    compose_p = params.parse_section("compose", raw.get("compose"))
+    grid = compose_p.grid
     vlm_p, pin_p, train_p, baselines_p = (params.parse_section(s, raw.get(s)) for s in ("vlm", "pin", "train",
                                                                                         "baselines"))
     relaunch(train_p.processes, "train.processes")
@@ -34,7 +35,7 @@ def main() -> str:
     torch.manual_seed(train_p.seed)  # the method's initial weights
     trained = build_method(method, vlm, pin_p, baselines_p)
     fp = run_fingerprint(vlm_p, pin_p, train_p, grid, "data/composed", method, baselines_p)
-    return run_train(train_p, vlm, trained, grid, fingerprint=fp, accelerator=accelerator)
+    return run_train(train_p, vlm, trained, grid, fingerprint=fp, accelerator=accelerator, compose_p=compose_p)
 
 
 if __name__ == "__main__":
