@@ -76,3 +76,23 @@ def test_fresh_batches_split_over_processes_and_follow_the_seed(inputs):
     other = FreshBatches(p, objects, filtered, seed=1, batch_size=4)[3]
     assert [im.tobytes() for im, _, _ in other] != [im.tobytes() for im, _, _ in step]
     assert all(a.startswith(" [") for _, _, a in step)
+
+
+def test_bench_reports_compose_per_core_next_to_the_train_step(inputs, tmp_path):
+    import subprocess
+    import sys
+
+    from stage_runner import ROOT
+
+    out = tmp_path / "fresh.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fresh.py"), "--steps", "1", "--batch", "2",
+                           "--workers", "1", "--image-size", "64", "--out", str(out),
+                           "--objects", str(inputs / "data" / "objects"),
+                           "--filtered", str(inputs / "data" / "filtered" / "manifest.parquet")],
+                          capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["compose_samples_per_s_per_core"] > 0 and result["mini_train_samples_per_s"]["fresh"] > 0
+    assert {r["arch"] for r in result["reference"]["rows"]} == {"mini", "openflamingo3b", "blip2"}
+    assert "samples/s per core" in proc.stdout
