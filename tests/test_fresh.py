@@ -96,3 +96,33 @@ def test_bench_reports_compose_per_core_next_to_the_train_step(inputs, tmp_path)
     assert result["compose_samples_per_s_per_core"] > 0 and result["mini_train_samples_per_s"]["fresh"] > 0
     assert {r["arch"] for r in result["reference"]["rows"]} == {"mini", "openflamingo3b", "blip2"}
     assert "samples/s per core" in proc.stdout
+
+
+def test_fresh_run_killed_after_a_checkpoint_resumes_to_the_same_weights(inputs, tmp_path):
+    from test_train import _Crash, _CrashingLive
+
+    from pin.boxes import BoxCodec
+    from pin.fresh import FreshBatches
+    from pin.insert import InsertConfig, PositionalInsert
+    from pin.methods.pin_method import PinMethod
+    from pin.params import ComposeParams
+    from pin.train import train_method
+    from pin.vlm.mini import load_mini
+
+    fresh = FreshBatches(ComposeParams(**COMPOSE), inputs / "data" / "objects",
+                         inputs / "data" / "filtered" / "manifest.parquet", seed=0, batch_size=4)
+
+    def run(ckpt, live=None):
+        vlm = load_mini(inputs / "models" / "mini_vlm")
+        torch.manual_seed(0)
+        insert = PositionalInsert(InsertConfig.for_site(vlm.site, layers=1, hidden=(16,)))
+        train_method(vlm, PinMethod(insert), [], BoxCodec(8), steps=6, batch_size=4, lr=1e-2, seed=0,
+                     checkpoint_dir=ckpt, checkpoint_every=2, log_every=1, live=live, fresh=fresh, compose_workers=0)
+        return insert.state_dict()
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(_Crash):
+        run(tmp_path / "b", live=_CrashingLive(at=5))
+    assert (tmp_path / "b" / "last.pt").exists()
+    resumed = run(tmp_path / "b")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
