@@ -15,13 +15,18 @@ from pin.vlm.base import FrozenVLM
 @torch.no_grad()
 def compute_features(vlm: FrozenVLM, images: list[ComposedImage], batch_size: int = 64, desc: str = "features",
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Patch features of every image (N, positions, width), kept on the host."""
-    chunks = []
+    """Patch features of every image (N, positions, width), kept on the host. Filled in place:
+    the host holds one copy at its peak, not the chunks and their concatenation (paper profile,
+    60k images x 256 x 1024 in bf16: 29.3 GiB instead of 58.6)."""
+    out = torch.empty(0, dtype=dtype)
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
         batch = images[start : start + batch_size]
         pixels = vlm.preprocess([im.pil() for im in batch]).to(vlm.device)
-        chunks.append(vlm.patch_features(pixels).to("cpu", dtype))
-    return torch.cat(chunks)
+        rows = vlm.patch_features(pixels).to("cpu", dtype)
+        if start == 0:
+            out = torch.empty((len(images), *rows.shape[1:]), dtype=dtype)
+        out[start : start + len(rows)] = rows
+    return out
 
 
 def shared_features(vlm: FrozenVLM, images: list[ComposedImage], path: Path, accelerator,
