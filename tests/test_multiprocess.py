@@ -105,7 +105,7 @@ def launch_command(script: str, *args: str) -> list[str]:
 
 def test_docs_show_the_tested_commands():
     doc = (ROOT / "docs" / "profiles.md").read_text()
-    for stage in ("train.py", "evaluate.py synthetic"):
+    for stage in ("train.py", "evaluate.py synthetic", "generate.py"):
         assert f"accelerate {' '.join(LAUNCH)} stages/{stage}" in doc, stage
     assert "dvc exp run -S train.processes=2 -S eval.processes=2" in doc  # the processes params (below)
     for line in ("python stages/generate.py --shard ${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}",
@@ -221,3 +221,16 @@ def test_two_processes_killed_after_a_checkpoint_resume_to_the_same_bytes(inputs
     assert "resuming from step" in said
     assert _files(ws) == _files(two)
     assert not (ws / "models" / "pin_checkpoints").exists()
+
+
+def test_two_processes_generate_one_processes_folder(tmp_path):
+    gen = {"backend": "shapes", "max_categories": 3, "per_category": 2, "image_size": 32}
+    one, two = tmp_path / "one", tmp_path / "two"
+    for ws in (one, two):
+        ws.mkdir()
+        write_params(ws, generate=gen)
+    code, err, _ = run_entry("generate", one)
+    assert code == 0, err
+    _launch(two, "generate.py")
+    tree = [_files(ws, ["data/objects"]) for ws in (one, two)]
+    assert tree[0] == tree[1] and len(tree[0]) == 2 + 6 * 2
