@@ -18,6 +18,14 @@ def accelerate_command(processes: int, argv: list[str], port: int | None = None)
     return [*cmd, *argv]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launched() -> bool:
     """True inside a process that ``accelerate launch`` / ``torchrun`` started."""
     return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -38,8 +46,10 @@ def relaunch(processes: int, key: str) -> None:
         from pin.errors import PinError
 
         raise PinError(f"{key}={processes} but torch sees {torch.cuda.device_count()} GPU(s)")
-    port = os.environ.get("PIN_MAIN_PROCESS_PORT")  # two launched stages at once need two ports
-    cmd = accelerate_command(processes, sys.argv, int(port) if port else None)
+    # a free port of this machine, not accelerate's fixed 29500: two launched stages at once
+    # (`dvc queue start -j 2`) would meet at the same rendezvous
+    port = int(os.environ.get("PIN_MAIN_PROCESS_PORT") or free_port())
+    cmd = accelerate_command(processes, sys.argv, port)
     print(f"[{key}] {processes} processes: {' '.join(cmd[1:])}", flush=True)
     sys.stderr.flush()
     os.execve(sys.executable, cmd, env)

@@ -9,8 +9,9 @@ train in one process (their parameters act outside the module DDP would wrap). B
 so a resumed run sees exactly the data an uninterrupted one would.
 
 Under ``accelerate launch`` each of N processes takes its slice of the same (seed, step) batch and
-DDP averages the gradients, so N processes follow one process's run up to float summation order
-(tests/test_multiprocess.py: 2 processes vs 1 within 1e-5). Their feature cache is one file that
+DDP averages the gradients; each slice's loss is weighted by its share of the batch's answer
+tokens, so N processes follow one process's run up to float summation order
+(tests/test_multiprocess.py: 2 processes vs 1 within 1e-4). Their feature cache is one file that
 the processes fill together and all memory-map (:func:`shared_features`); only the main process
 writes outputs.
 A checkpoint holds the optimiser, the loss EMA and every RNG state, so a run killed at any
@@ -215,7 +216,8 @@ def train_method(
         if done % log_every == 0 or done == steps:
             if world > 1:  # the whole batch's: the mean over the slices (the EMA is linear)
                 value = accelerator.reduce(value, "mean")
-            ema = float(loss_ema if world == 1 else accelerator.reduce(loss_ema, "mean"))  # a sync (the tensor goes on: resumed and uninterrupted runs agree)
+            # a sync (the tensor goes on: resumed and uninterrupted runs agree)
+            ema = float(loss_ema if world == 1 else accelerator.reduce(loss_ema, "mean"))
             # no wall-clock value: the curves are committed and must be the same on every run
             record = {"step": done, "loss": float(value), "loss_ema": ema, "lr": lr}
             history.append(record)

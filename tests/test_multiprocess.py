@@ -1,17 +1,16 @@
-"""The train and evaluate stages under ``accelerate launch`` with 2 CPU processes (gloo): the same
-insert as one process (within 1e-4, a hundredth of one Adam step at lr 1e-2: the slices' losses
-are weighted by their answer tokens, so only the order of float sums differs; measured 1.9e-5
-after 60 steps), the same prediction and
-metrics bytes as one process, and a 2-process run SIGKILLed after a checkpoint resumes to the
-bytes of an uninterrupted one. The workspace is the tiny mini profile in the real on-disk formats
-(a saved mini VLM, composed parquet shards, a COCO-format held-out set)."""
+"""The stages under ``accelerate launch`` with 2 CPU processes (gloo), as docs/profiles.md shows
+them. train: the same insert as one process within 1e-4 (a hundredth of one Adam step at lr 1e-2;
+the slices' losses are weighted by their answer tokens, so only the order of float sums differs:
+measured 1.9e-5 after 60 steps); a 2-process run SIGKILLed after a checkpoint resumes to the bytes
+of an uninterrupted one. evaluate and generate: one process's bytes. The workspace is the tiny
+mini profile in the real on-disk formats (a saved mini VLM, composed parquet shards, a
+COCO-format held-out set)."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 
 torch.set_num_threads(1)
 
+from pin.launch import free_port  # noqa: E402
 from stage_runner import ROOT, run_entry, write_params  # noqa: E402
 from test_train import CFG, _image, _write_split  # noqa: E402
 
@@ -88,19 +88,13 @@ def test_relaunch_only_with_several_processes_and_not_twice(monkeypatch):
     assert cmd[cmd.index("--num_processes") + 1] == "3" and cmd[cmd.index("--main_process_port") + 1] == "29555"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # docs/profiles.md's launch command, word for word (test_docs_show_the_tested_commands)
 LAUNCH = "launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no".split()
 
 
 def launch_command(script: str, *args: str) -> list[str]:
     """docs/profiles.md's command, on the CPU (ACCELERATE_USE_CPU=1 in the environment: gloo)."""
-    return [str(ACCELERATE), *LAUNCH, "--main_process_port", str(_free_port()), str(ROOT / "stages" / script), *args]
+    return [str(ACCELERATE), *LAUNCH, "--main_process_port", str(free_port()), str(ROOT / "stages" / script), *args]
 
 
 def test_docs_show_the_tested_commands():
@@ -125,9 +119,9 @@ def _launch(ws: Path, script: str, *args: str) -> str:
 def _dvc_cmd(ws: Path, script: str, *args: str) -> str:
     """The stage's dvc.yaml command, ``python stages/<script>``: with ``<section>.processes: 2`` in
     params.yaml it relaunches itself (pin.launch), as under ``dvc repro``."""
-    env = {k: v for k, v in _env().items() if k != "ACCELERATE_USE_CPU"}  # pin.launch sets it: no GPU here
-    return _run(ws, [sys.executable, str(ROOT / "stages" / script), *args],
-                {**env, "PIN_MAIN_PROCESS_PORT": str(_free_port())})
+    # pin.launch sets ACCELERATE_USE_CPU (no GPU here) and picks a free port
+    env = {k: v for k, v in _env().items() if k not in ("ACCELERATE_USE_CPU", "PIN_MAIN_PROCESS_PORT")}
+    return _run(ws, [sys.executable, str(ROOT / "stages" / script), *args], env)
 
 
 def _run(ws: Path, cmd: list[str], env: dict | None = None) -> str:

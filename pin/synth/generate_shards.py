@@ -54,7 +54,8 @@ def merge_shards(params: GenerateParams, k: int, out_dir: str | Path = "data/obj
         try:
             have = json.loads((folder / "_config.json").read_text()).get("fingerprint")
         except (OSError, ValueError):
-            raise PinError(f"{folder}: no shard {i}/{k} here; run `python stages/generate.py --shard {i}/{k}`") from None
+            raise PinError(f"{folder}: no shard {i}/{k} here; run `python stages/generate.py "
+                           f"--shard {i}/{k}`") from None
         if have != fingerprint({**config, "shard": [i, k]}):
             raise PinError(f"{folder}: made with other generate params; rerun `python stages/generate.py "
                            f"--shard {i}/{k}`")
