@@ -31,24 +31,31 @@ def compute_features(vlm: FrozenVLM, images: list[ComposedImage], batch_size: in
 
 def shared_features(vlm: FrozenVLM, images: list[ComposedImage], path: Path, accelerator,
                     batch_size: int = 64, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """:func:`compute_features` for N processes: one ``.npy`` file that process i fills with
-    batches i, i+N, ... (the batches one process would encode) and every process then
-    memory-maps, so the host holds one copy in the page cache, not N, and the GPU one batch."""
+    """:func:`compute_features` for N processes: one ``.npy`` file per machine that its k local
+    processes fill (process i: batches i, i+k, ..., the batches one process would encode) and
+    then memory-map, so the host holds one copy in the page cache, not k, and the GPU one batch.
+    Machine m's file is ``<path stem>-node<m>.npy``: complete on its own disk, and on a shared
+    file system no two machines write the same file."""
+    import os
+
     import numpy as np
     from numpy.lib.format import open_memmap
 
-    world, rank = accelerator.num_processes, accelerator.process_index
+    # torchrun numbers the processes of a machine contiguously and says how many there are
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    local_rank = accelerator.local_process_index
+    path = path.with_name(f"{path.stem}-node{accelerator.process_index // local_world}{path.suffix}")
     # numpy has no bfloat16: its bits are stored as uint16 and viewed back
     store = np.uint16 if dtype == torch.bfloat16 else np.float32
     with torch.no_grad():
         shape = vlm.patch_features(vlm.preprocess([images[0].pil()]).to(vlm.device)).shape[1:]
-    if accelerator.is_main_process:
+    if accelerator.is_local_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
         open_memmap(path, mode="w+", dtype=store, shape=(len(images), *shape)).flush()
     accelerator.wait_for_everyone()
     out = open_memmap(path, mode="r+")
     starts = range(0, len(images), batch_size)
-    for start in tqdm(starts[rank::world], desc=path.stem, unit="batch", leave=False,
+    for start in tqdm(starts[local_rank::local_world], desc=path.stem, unit="batch", leave=False,
                       disable=not accelerator.is_main_process):
         with torch.no_grad():
             pixels = vlm.preprocess([im.pil() for im in images[start:start + batch_size]]).to(vlm.device)
