@@ -181,6 +181,7 @@ class EvalParams(Section):
     random_draws: int = Field(10, ge=1)  # paper: random baselines averaged over 10 runs
     gallery_size: int = Field(16, ge=0)
     seed: int = 0
+    processes: int = Field(1, ge=1, exclude=True)  # > 1: under `accelerate launch` (pin.launch)
 
 
 class VLMParams(Section):
@@ -309,6 +310,12 @@ class TrainParams(Section):
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
     max_images: int | None = Field(None, ge=1)
+    # > 1: the stage runs itself under `accelerate launch` (pin.launch); not in any fingerprint
+    processes: int = Field(1, ge=1, exclude=True)
+    # cached: the fixed data/composed set and its feature cache; fresh: every sample composed on
+    # the fly by `compose_workers` DataLoader processes, the encoder in every step (pin.fresh)
+    compose: Literal["cached", "fresh"] = "cached"
+    compose_workers: int = Field(2, ge=0, exclude=True)  # changes the speed, not the samples
 
 
 SECTIONS: dict[str, type[Section]] = {

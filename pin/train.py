@@ -7,6 +7,13 @@ after the encoder, so nothing upstream changes. Methods that change the encoder 
 vision encoder, LoRA) run it on every batch instead, with gradients flowing through it; they
 train in one process (their parameters act outside the module DDP would wrap). Batches are a pure function of (seed, step),
 so a resumed run sees exactly the data an uninterrupted one would.
+
+Under ``accelerate launch`` each of N processes takes its slice of the same (seed, step) batch and
+DDP averages the gradients; each slice's loss is weighted by its share of the batch's answer
+tokens, so N processes follow one process's run up to float summation order
+(tests/test_multiprocess.py: 2 processes vs 1 within 1e-4). Their feature cache is one file that
+the processes fill together and all memory-map (:func:`shared_features`); only the main process
+writes outputs.
 A checkpoint holds the optimiser, the loss EMA and every RNG state, so a run killed at any
 point and resumed from its last checkpoint ends with the same weights as an uninterrupted one
 (``scripts/kill_anywhere.py`` checks it under ``dvc repro``).
@@ -23,7 +30,9 @@ import torch
 from pin.progress import tqdm
 
 from pin.boxes import BoxCodec
+from pin.checkpoint import Checkpointer
 from pin.composed import ComposedImage
+from pin.features import compute_features, shared_features  # noqa: F401 - compute_features: scripts import it here
 from pin.io import atomic_write_json, record_timing
 from pin.methods.base import Method
 from pin.vlm.base import FrozenVLM
@@ -47,16 +56,12 @@ def make_samples(images: list[ComposedImage], codec: BoxCodec, step_seed: int, b
     return out
 
 
-@torch.no_grad()
-def compute_features(vlm: FrozenVLM, images: list[ComposedImage], batch_size: int = 64, desc: str = "features",
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Patch features of every image (N, positions, width), kept on the host."""
-    chunks = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        batch = images[start : start + batch_size]
-        pixels = vlm.preprocess([im.pil() for im in batch]).to(vlm.device)
-        chunks.append(vlm.patch_features(pixels).to("cpu", dtype))
-    return torch.cat(chunks)
+def make_accelerator(device: torch.device):
+    """The run's Accelerator, made before the VLM touches a device: under ``accelerate launch`` its
+    ``device`` is this process's own GPU (or the CPU when ``device`` is the CPU)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device.type == "cpu")
 
 
 @dataclass
@@ -69,70 +74,19 @@ class TrainResult:
     seconds: float
 
 
-class Checkpointer:
-    """Atomic checkpoints of everything a resumed run needs to continue exactly as an uninterrupted
-    one: the method's trainable state, the optimiser, the loss history and EMA, and every RNG state. Each carries
-    the fingerprint of its run (params, data, frozen VLM); a checkpoint of another run is ignored
-    and deleted, never resumed from. A checkpoint is written to a temporary name and renamed, so a
-    kill leaves the previous complete one."""
-
-    FILE = "last.pt"
-
-    def __init__(self, directory: Path, fingerprint: str = ""):
-        self.dir = Path(directory)
-        self.fingerprint = fingerprint
-
-    def save(self, step: int, method: Method, optimizer: torch.optim.Optimizer, history: list,
-             loss_ema: float | None = None) -> None:
-        import numpy as np
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".ckpt.{step}.tmp"
-        torch.save({"step": step, "fingerprint": self.fingerprint, "method": method.trainable_state(),
-                    "optimizer": optimizer.state_dict(), "history": history, "loss_ema": loss_ema,
-                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                            "numpy": np.random.get_state()}}, tmp)
-        tmp.replace(self.dir / self.FILE)
-
-    def load(self):
-        """The last checkpoint of this run, or None (no checkpoint, another run's, unreadable)."""
-        path = self.dir / self.FILE
-        for stale in self.dir.glob(".ckpt.*.tmp") if self.dir.is_dir() else ():
-            stale.unlink(missing_ok=True)  # a save cut off by a kill
-        if not path.exists():
-            return None
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            ok = isinstance(state, dict) and state.get("fingerprint") == self.fingerprint
-        except Exception as err:  # noqa: BLE001 - a checkpoint we cannot read is one we do not have
-            print(f"[train] warning: {path}: unreadable checkpoint ({type(err).__name__}); starting over")
-            ok = False
-        if not ok:
-            path.unlink(missing_ok=True)
-            return None
-        return state
-
-    @staticmethod
-    def restore_rng(state: dict) -> None:
-        import numpy as np
-
-        rng = state.get("rng") or {}
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "python" in rng:
-            random.setstate(rng["python"])
-        if "numpy" in rng:
-            np.random.set_state(rng["numpy"])
-
-
 class BatchFeatures:
     """The fusion network's inputs for a batch of image indices: rows of the cached patch features,
     or - for a method that changes the encoder - the encoder run on the decoded images."""
 
-    def __init__(self, vlm: FrozenVLM, method: Method, images: list[ComposedImage], desc: str, cache: bool = True):
+    def __init__(self, vlm: FrozenVLM, method: Method, images: list[ComposedImage], desc: str, cache: bool = True,
+                 accelerator=None, shared_path: Path | None = None):
         self.vlm, self.method, self.images = vlm, method, images
         self.cache = None
-        if cache and not method.encodes_pixels:
+        if cache and not method.encodes_pixels and accelerator is not None and accelerator.num_processes > 1:
+            # N processes: one memory-mapped host copy; each step moves its rows to the GPU
+            dtype = torch.bfloat16 if vlm.device.type == "cuda" else torch.float32
+            self.cache = shared_features(vlm, images, shared_path, accelerator, dtype=dtype)
+        elif cache and not method.encodes_pixels:
             # On a GPU the cache lives there, in bf16 (OpenFlamingo-3B, 8,000 images: 4 GiB), so a
             # step moves no features over PCIe; on a CPU it stays fp32 in host memory.
             on_gpu = vlm.device.type == "cuda"
@@ -179,6 +133,8 @@ def train_method(
     accelerator=None,
     fingerprint: str = "",
     cache_features: bool = True,
+    fresh=None,
+    compose_workers: int = 2,
 ) -> TrainResult:
     from accelerate import Accelerator
 
@@ -187,9 +143,19 @@ def train_method(
         raise ValueError(f"method {method.name} trains nothing")
     if method.encodes_pixels and accelerator.num_processes > 1:
         raise ValueError(f"method {method.name} trains in one process (run stages/train.py without accelerate launch)")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if batch_size % world:
+        raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {world} processes "
+                         "(each takes an equal slice of the step's batch)")
     torch.manual_seed(seed)
-    feats = BatchFeatures(vlm, method, train_images, desc="train features", cache=cache_features)
-    val_feats = BatchFeatures(vlm, method, val_images, desc="val features", cache=cache_features) if val_images else None
+    checkpoint_dir = Path(checkpoint_dir)
+    # fresh (pin.fresh.FreshBatches): every sample a new image, composed by the loader's workers
+    feats = None if fresh is not None else BatchFeatures(
+        vlm, method, train_images, desc="train features", cache=cache_features, accelerator=accelerator,
+        shared_path=checkpoint_dir / "features-train.npy")
+    val_feats = BatchFeatures(vlm, method, val_images, desc="val features", cache=cache_features,
+                              accelerator=accelerator, shared_path=checkpoint_dir / "features-val.npy") \
+        if val_images else None
 
     # fused: one kernel for the whole update on CUDA (the CPU path has no fused Adam)
     optimizer = torch.optim.Adam(method.trainable_parameters(), lr=lr, fused=accelerator.device.type == "cuda")
@@ -199,30 +165,47 @@ def train_method(
     start_step = 0
     loss_ema = None
     state = ckpt.load()
+    accelerator.wait_for_everyone()  # no process saves before every process has read
     if state is not None and state["step"] <= steps:
         method.load_trainable_state(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         start_step, history, loss_ema = state["step"], state["history"], state.get("loss_ema")
+        if state.get("ranks"):
+            loss_ema = state["ranks"][rank]["loss_ema"]  # this process's own (its slice's losses)
         if loss_ema is not None:
             loss_ema = torch.tensor(loss_ema, dtype=torch.float32, device=accelerator.device)
-        Checkpointer.restore_rng(state)
+        Checkpointer.restore_rng(state, rank, accelerator.device)
         accelerator.print(f"resuming from step {start_step}")
         if live is not None and accelerator.is_main_process:
             for record in history:  # the curves up to the checkpoint, as the killed run logged them
                 _log_live(live, record)
 
-    rank, world = accelerator.process_index, accelerator.num_processes
-    per_rank = max(1, batch_size // world)
+    per_rank = batch_size // world
     t0 = time.perf_counter()
     bar = tqdm(range(start_step, steps), desc=f"train {method.name}", unit="step",
                disable=not accelerator.is_main_process, initial=start_step, total=steps)
+    fresh_items = None if fresh is None else iter(fresh.loader(range(start_step, steps), compose_workers))
     for step in bar:
-        samples = make_samples(train_images, codec, seed * 1_000_003 + step, batch_size)
-        samples = samples[rank * per_rank : (rank + 1) * per_rank]  # each process its slice of the same batch
-        idx = torch.tensor([s.image_index for s in samples])
+        batch = None
         with accelerator.autocast():
-            loss = vlm.answer_loss(feats(idx, accelerator.device), [vlm.prompt(s.prompt) for s in samples],
-                                   [s.answer for s in samples], **model())
+            if fresh_items is None:
+                batch = make_samples(train_images, codec, seed * 1_000_003 + step, batch_size)
+                samples = batch[rank * per_rank : (rank + 1) * per_rank]  # each process its slice of the same batch
+                prompts, answers = [s.prompt for s in samples], [s.answer for s in samples]
+                features = feats(torch.tensor([s.image_index for s in samples]), accelerator.device)
+            else:
+                items = next(fresh_items)  # this process's slice, composed ahead by the workers
+                prompts, answers = [q for _, q, _ in items], [a for _, _, a in items]
+                features = method.features(vlm, vlm.preprocess([im for im, _, _ in items])).to(
+                    accelerator.device, torch.float32)
+            loss = vlm.answer_loss(features, [vlm.prompt(q) for q in prompts], answers, **model())
+        if world > 1:
+            # Answers differ in length: weighted by its share of the batch's answer tokens, the
+            # slice's mean averages (DDP) to the whole batch's token mean, one process's loss.
+            mine = sum(vlm.answer_token_counts(answers))
+            total = sum(vlm.answer_token_counts([s.answer for s in batch])) if batch is not None else \
+                float(accelerator.reduce(torch.tensor(float(mine), device=accelerator.device), "sum"))
+            loss = loss * (mine * world / total)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
@@ -231,24 +214,45 @@ def train_method(
         loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
         done = step + 1
         if done % log_every == 0 or done == steps:
-            ema = float(loss_ema)  # a sync (the tensor goes on: resumed and uninterrupted runs agree)
+            if world > 1:  # the whole batch's: the mean over the slices (the EMA is linear)
+                value = accelerator.reduce(value, "mean")
+            # a sync (the tensor goes on: resumed and uninterrupted runs agree)
+            ema = float(loss_ema if world == 1 else accelerator.reduce(loss_ema, "mean"))
             # no wall-clock value: the curves are committed and must be the same on every run
             record = {"step": done, "loss": float(value), "loss_ema": ema, "lr": lr}
             history.append(record)
             bar.set_postfix(loss=f"{ema:.3f}")
             if live is not None and accelerator.is_main_process:
                 _log_live(live, record)
-        if accelerator.is_main_process and (done % checkpoint_every == 0 and done < steps):
-            ckpt.save(done, method, optimizer, history, None if loss_ema is None else float(loss_ema))
+        if done % checkpoint_every == 0 and done < steps:
+            ema_now = None if loss_ema is None else float(loss_ema)
+            ranks = None
+            if world > 1:  # a collective: every process hands the main one its RNG and EMA
+                from accelerate.utils import gather_object
+
+                ranks = gather_object([{"rng": Checkpointer.rng_state(accelerator.device), "loss_ema": ema_now}])
+            elif accelerator.device.type == "cuda":
+                ranks = [{"rng": Checkpointer.rng_state(accelerator.device), "loss_ema": ema_now}]
+            if accelerator.is_main_process:
+                ckpt.save(done, method, optimizer, history, ema_now, ranks)
 
     seconds = time.perf_counter() - t0
     val_loss = None
     if val_feats is not None:
         val_loss = evaluate_loss(vlm, method, val_feats, val_images, codec, seed + 1, n_batches=4,
                                  batch_size=batch_size)
+    if loss_ema is not None and world > 1:
+        loss_ema = accelerator.reduce(loss_ema, "mean")
+    accelerator.wait_for_everyone()  # every process is done with the shared feature files
     final = float(loss_ema) if loss_ema is not None else (history[-1]["loss_ema"] if history else math.nan)
     rate = (steps - start_step) * batch_size / seconds if steps > start_step else 0.0
     return TrainResult(steps, float(final), val_loss, rate, method.n_trainable_params, seconds)
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext(None)
 
 
 def _log_live(live, record: dict) -> None:
@@ -298,12 +302,16 @@ def write_train_metrics(path: Path, result: TrainResult, extra: dict) -> None:
 def run_train(train_p, vlm: FrozenVLM, method: Method, grid: int, *, fingerprint: str = "",
               composed_dir: str = "data/composed", out_dir: str = "models/pin",
               metrics_path: str = "metrics/train.json", live_dir: str = "metrics/train_live",
-              timing_path: str | None = "metrics/timing.json") -> str:
+              timing_path: str | None = "metrics/timing.json", accelerator=None, compose_p=None,
+              objects_dir: str = "data/objects", filtered: str = "data/filtered/manifest.parquet") -> str:
     """The train stage on built components (``stages/train.py`` builds them from params): train
     ``method`` (fresh, seeded) on the frozen ``vlm`` to answer boxes on the ``grid``, save it with
     its grid, and write its metrics. A method that trains nothing (raw, random, incontext) is
     saved as its config, with zero trainable parameters and no training curve. ``fingerprint``:
-    what a checkpoint must match to be resumed from (:func:`run_fingerprint`)."""
+    what a checkpoint must match to be resumed from (:func:`run_fingerprint`). ``accelerator``:
+    the stage's (:func:`make_accelerator`); under N processes only the main one writes files.
+    ``train_p.compose == "fresh"``: samples composed on the fly (:mod:`pin.fresh`) by ``compose_p``
+    from ``objects_dir`` and the ``filtered`` manifest instead of read from ``composed_dir``/train."""
     import shutil
 
     from dvclive import Live
@@ -313,7 +321,10 @@ def run_train(train_p, vlm: FrozenVLM, method: Method, grid: int, *, fingerprint
     codec = BoxCodec(grid)
     extra = {"method": method.name, "vlm": vlm.name,
              **({"insert_layers": method.config()["layers"]} if method.name == "pin" else {})}
+    main = accelerator is None or accelerator.is_main_process
     if not method.trains:
+        if not main:
+            return f"method {method.name} trains nothing"
         method.save_pretrained(out_dir, grid=grid)
         with Live(live_dir, save_dvc_exp=False, dvcyaml=False):
             pass  # an empty summary: the stage declares these outputs for every method
@@ -322,18 +333,29 @@ def run_train(train_p, vlm: FrozenVLM, method: Method, grid: int, *, fingerprint
                             {**extra, "n_train_images": 0})
         return f"method {method.name} trains nothing; evaluated as it is"
 
-    train_images = read_split_records(Path(composed_dir) / "train", limit=train_p.max_images)
+    fresh = None
+    if train_p.compose == "fresh":
+        from pin.fresh import FreshBatches
+
+        world, rank = (1, 0) if accelerator is None else (accelerator.num_processes, accelerator.process_index)
+        fresh = FreshBatches(compose_p, objects_dir, filtered, train_p.seed, train_p.batch_size, rank, world)
+        extra["compose"] = "fresh"
+    train_images = [] if fresh else read_split_records(Path(composed_dir) / "train", limit=train_p.max_images)
     val_images = read_split_records(Path(composed_dir) / "val", limit=512)
     ckpt_dir = Path(out_dir).with_name(Path(out_dir).name + "_checkpoints")
     # a fresh log each start; a resumed run first replays the history saved in its checkpoint
-    with Live(live_dir, save_dvc_exp=False, dvcyaml=False, resume=False) as live:
+    with Live(live_dir, save_dvc_exp=False, dvcyaml=False, resume=False) if main else _nothing() as live:
         result = train_method(vlm, method, train_images, codec, steps=train_p.steps, batch_size=train_p.batch_size,
                               lr=train_p.lr, seed=train_p.seed, checkpoint_dir=ckpt_dir,
                               checkpoint_every=train_p.checkpoint_every, log_every=train_p.log_every,
                               val_images=val_images, live=live, fingerprint=fingerprint,
-                              cache_features=train_p.cache_features)
+                              cache_features=train_p.cache_features, accelerator=accelerator, fresh=fresh,
+                              compose_workers=train_p.compose_workers)
+    if not main:
+        return "a worker process: the main process writes the outputs"
     method.save_pretrained(out_dir, grid=grid)
-    write_train_metrics(Path(metrics_path), result, {**extra, "n_train_images": len(train_images)})
+    n_images = train_p.steps * train_p.batch_size if fresh else len(train_images)  # fresh: each sample its own
+    write_train_metrics(Path(metrics_path), result, {**extra, "n_train_images": n_images})
     if timing_path is not None:
         record_timing(timing_path, "train", {"seconds": round(result.seconds, 3),
                                             "samples_per_s": round(result.samples_per_s, 1)})

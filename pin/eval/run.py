@@ -10,6 +10,10 @@ image: if it barely drops, its answers do not come from the image). ``method=inc
 ``incontext_<k>`` rows (mean/std over context draws) instead. The model sees each image squashed
 to 224x224, the frame the box text lives in; boxes are scored in that frame and the predictions
 file keeps them there (``pred_box``, ``gt_box``; ``gt_box_orig`` is in the original pixels).
+
+Under ``accelerate launch`` (``state``: accelerate's PartialState) process i answers batches i,
+i+N, ... - the batches one process would run - and the main process gathers the answers back in
+order and writes every file, identical to one process's.
 """
 from __future__ import annotations
 
@@ -82,15 +86,23 @@ def drop_unreadable(dataset: str, queries: list[Query], rows: list[int], unreada
 
 @torch.no_grad()
 def answer(vlm: FrozenVLM, feats: torch.Tensor, rows: list[int], texts: list[str], conditioning: dict,
-           max_new_tokens: int, batch_size: int, num_beams: int, desc: str) -> list[str]:
+           max_new_tokens: int, batch_size: int, num_beams: int, desc: str, state=None) -> list[str]:
     """Greedy answers; ``conditioning`` holds a method's extra inputs (``insert``, ``fusion_tokens``,
-    ``lm_prefix``), empty for the raw VLM."""
-    out: list[str] = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
+    ``lm_prefix``), empty for the raw VLM. ``state``: N processes share the batches (see the
+    module docstring); every process gets all the answers."""
+    world, rank = (state.num_processes, state.process_index) if state is not None else (1, 0)
+    starts = range(0, len(texts), batch_size)
+    mine: dict[int, list[str]] = {}
+    for start in tqdm(starts[rank::world], desc=desc, unit="batch", leave=False, disable=rank > 0):
         idx = rows[start:start + batch_size]
-        out += vlm.generate(feats[idx].to(vlm.device), [vlm.prompt(t) for t in texts[start:start + batch_size]],
-                            max_new_tokens=max_new_tokens, num_beams=num_beams, **conditioning)
-    return out
+        mine[start] = vlm.generate(feats[idx].to(vlm.device), [vlm.prompt(t) for t in texts[start:start + batch_size]],
+                                   max_new_tokens=max_new_tokens, num_beams=num_beams, **conditioning)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        for part in gather_object([mine]):
+            mine.update(part)
+    return [a for start in starts for a in mine[start]]
 
 
 @torch.no_grad()
@@ -142,7 +154,8 @@ def training_boxes(composed_dir: Path, limit: int = 20000) -> np.ndarray:
 
 def run_evaluate(dataset: str, eval_p, vlm: FrozenVLM, method: Method, grid: int,
                  composed_dir: str = "data/composed", metrics_dir: str = "metrics/eval",
-                 plots_dir: str = "metrics/plots", predictions_dir: str = "data/predictions") -> str:
+                 plots_dir: str = "metrics/plots", predictions_dir: str = "data/predictions",
+                 state=None) -> str:
     queries, stats = load_queries(dataset, eval_p)
     codec = BoxCodec(grid)
     max_new = codec.max_answer_chars + 2
@@ -169,7 +182,7 @@ def run_evaluate(dataset: str, eval_p, vlm: FrozenVLM, method: Method, grid: int
                 (f"{method.name}_shuffled", m_feats, conditioning, _shuffled(rows, eval_p.seed))]
     for name, run_feats, conditioning, feat_rows in runs:
         answers[name] = answer(vlm, run_feats, feat_rows, texts, conditioning, max_new, eval_p.batch_size,
-                               eval_p.num_beams, desc=name)
+                               eval_p.num_beams, desc=name, state=state)
         preds[name] = parse(answers[name])
         results[name] = metrics.score(gt, preds[name], image_ids)
     if method.trains:
@@ -187,6 +200,8 @@ def run_evaluate(dataset: str, eval_p, vlm: FrozenVLM, method: Method, grid: int
     results["constant"], box = baselines.constant_baseline(gt, train_boxes, grid, eval_p.seed, image_ids)
     preds["constant"] = np.repeat(box[None], len(gt), axis=0)
 
+    if state is not None and not state.is_main_process:
+        return f"process {state.process_index}: answers handed to the main process"
     for name, p in preds.items():
         rows_out += metrics.prediction_rows(queries, name, p, answers.get(name))
     metrics.write_predictions(str(Path(predictions_dir) / f"{dataset}.parquet"), rows_out)

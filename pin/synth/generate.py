@@ -18,6 +18,9 @@ killed run are deleted on the next start) and only missing ones are made; a pict
 foreground extractor rejects leaves a ``.skip`` marker so a resume does not retry it, and is
 counted in the summary. Under ``accelerate launch`` process *i* takes
 categories *i*, *i + world_size*, ...; the main process writes the manifest once all are done.
+Run as K independent jobs (``shard``, e.g. a SLURM array), job *i* takes categories *i*, *i + K*,
+... into a folder of its own; :mod:`pin.synth.generate_shards` merges the K folders into the bytes
+of one run.
 """
 from __future__ import annotations
 
@@ -287,8 +290,10 @@ def run_generate(
     backend: Generator | None = None,
     progress: bool = True,
     state=None,
+    shard: tuple[int, int] | None = None,
 ) -> GenerateResult:
-    """Make (or finish) the pictures and the manifest for ``params``; see the module docstring."""
+    """Make (or finish) the pictures and the manifest for ``params``; see the module docstring.
+    ``shard`` = (i, K): only shard i of K, in ``out_dir`` (a folder of its own)."""
     out_dir = Path(out_dir)
     state = state or process_state()
     backend = backend or make_backend(params, state)
@@ -305,9 +310,14 @@ def run_generate(
     if params.category_set == "lvis" and splits != {"train", "heldout"}:
         lacking = ({"train", "heldout"} - splits).pop()
         raise PinError(f"the {backend.name} backend covers no {lacking} category of LVIS; both splits are needed")
+    config = run_config(params, backend)
+    if shard is not None:  # after the check above: one shard may hold one split only
+        chosen = chosen[shard[0]::shard[1]]
+        splits = {s for _, s in chosen}
+        config = {**config, "shard": list(shard)}
 
     if state.is_main_process:
-        prepare_resumable_dir(out_dir, run_config(params, backend))
+        prepare_resumable_dir(out_dir, config)
         remove_temp_files(out_dir)  # what a killed run was writing: never read, never kept
     state.wait_for_everyone()
 

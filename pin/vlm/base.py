@@ -111,6 +111,12 @@ class FrozenVLM(ABC):
         network; ``lm_prefix`` (n, lm_width) are embeddings placed at the start of the prompt
         text in the LM input. Gradients flow to these three only."""
 
+    def answer_token_counts(self, answers: list[str]) -> list[int]:
+        """How many tokens :meth:`answer_loss` scores for each answer (end token included): N
+        training processes weight their slices of a batch by it, so that their mean is one
+        process's token mean."""
+        raise NotImplementedError(f"{type(self).__name__} cannot count answer tokens")
+
     @abstractmethod
     def generate(
         self,

@@ -161,6 +161,9 @@ class Blip2Adapter(FrozenVLM):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
     @torch.no_grad()
+    def answer_token_counts(self, answers: list[str]) -> list[int]:
+        return [len(self._answer_ids(a)) for a in answers]
+
     def generate(
         self,
         features: torch.Tensor,

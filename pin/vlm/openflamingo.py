@@ -325,6 +325,9 @@ class OpenFlamingoAdapter(FrozenVLM):
         return masked_answer_loss(self.logits(features, ids, mask, insert, fusion_tokens=fusion_tokens,
                                               prefix=prefix), labels)
 
+    def answer_token_counts(self, answers: list[str]) -> list[int]:
+        return [len(row) for row in self._tokenize([a + self.answer_end for a in answers], False)]
+
     def generate(
         self,
         features: torch.Tensor,

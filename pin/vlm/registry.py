@@ -14,15 +14,17 @@ if TYPE_CHECKING:
     from pin.params import VLMParams
 
 
-def load_vlm(p: VLMParams) -> FrozenVLM:
-    vlm = _load(p)
+def load_vlm(p: VLMParams, device: torch.device | None = None) -> FrozenVLM:
+    """``device``: where this process's copy goes (under ``accelerate launch``, the process's own
+    GPU); None: ``p.device``."""
+    vlm = _load(p, device)
     if p.image_size is not None:
         vlm.set_image_size(p.image_size)
     return vlm
 
 
-def _load(p: VLMParams) -> FrozenVLM:
-    device = resolve_device(p.device, key="vlm.device")
+def _load(p: VLMParams, device: torch.device | None) -> FrozenVLM:
+    device = resolve_device(p.device if device is None else device, key="vlm.device")
     dtype = torch.bfloat16 if device.type == "cuda" else None
     if p.name == "mini":
         from pin.vlm.mini import load_mini
