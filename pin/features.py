@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from pin.progress import tqdm
 
 from pin.composed import ComposedImage
 from pin.vlm.base import FrozenVLM

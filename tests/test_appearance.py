@@ -106,7 +106,7 @@ def test_appearance_slot_needs_levels():
 def test_vision_objective_groups_keep_categories_apart_from_levels():
     import torch
 
-    from pin.vlm.pretrain import _soft_target_loss, pretrain_vision
+    from pin.vlm.pretrain_vision import _soft_target_loss, pretrain_vision
 
     y = torch.tensor([[1.0, 1.0, 0.0, 1.0, 0.0]])
     logits = torch.zeros(1, 5)
