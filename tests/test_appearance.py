@@ -116,3 +116,33 @@ def test_vision_objective_groups_keep_categories_apart_from_levels():
     with pytest.raises(ValueError, match="do not add up"):
         pretrain_vision(None, torch.zeros(1, 3, 8, 8, dtype=torch.uint8), y, steps=0, lr=0.1, batch_size=1,
                         seed=0, groups=(3, 3))
+
+
+def test_level_map_is_not_reported_on_a_probe_at_one_level():
+    import torch
+
+    from pin.vlm.pretrain_vision import pretrain_vision
+
+    class Tower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 4)
+
+        def forward(self, x):  # (B, 3, S, S) -> (pooled, tokens (B, S*S, 4))
+            tokens = self.proj(x.flatten(2).transpose(1, 2))
+            return tokens.mean(1), tokens
+
+    class Flamingo:
+        vision_encoder = Tower()
+
+    u8 = torch.randint(0, 255, (6, 3, 4, 4), dtype=torch.uint8)
+    cats = torch.tensor([[1.0, 0.0], [0.0, 1.0]] * 3)
+    at_zero = torch.zeros(6, 4)
+    at_zero[:, 0] = at_zero[:, 2] = 1  # every object at level (0, 0): V1's held-out split
+    spread = at_zero.clone()
+    spread[::2, 0], spread[::2, 1] = 0, 1
+    for levels, reported in ((at_zero, False), (spread, True)):
+        labels = torch.cat([cats, levels], 1)
+        res = pretrain_vision(Flamingo(), u8, labels, steps=1, lr=1e-3, batch_size=2, seed=0,
+                              eval_u8=u8, eval_labels=labels, groups=(2, 2, 2))
+        assert np.isnan(res.level_map) != reported
