@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from pin.boxes import BoxCodec
 from pin.composed import ComposedImage
+from pin.frame import check_composite_size
 from pin.io import atomic_write_json, record_timing
 from pin.methods.base import Method
 from pin.vlm.base import FrozenVLM
@@ -323,6 +324,8 @@ def run_train(train_p, vlm: FrozenVLM, method: Method, grid: int, *, fingerprint
         return f"method {method.name} trains nothing; evaluated as it is"
 
     train_images = read_split_records(Path(composed_dir) / "train", limit=train_p.max_images)
+    if train_images:
+        check_composite_size(min(min(im.width, im.height) for im in train_images), vlm.input_size)
     val_images = read_split_records(Path(composed_dir) / "val", limit=512)
     ckpt_dir = Path(out_dir).with_name(Path(out_dir).name + "_checkpoints")
     # a fresh log each start; a resumed run first replays the history saved in its checkpoint

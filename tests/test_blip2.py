@@ -288,7 +288,9 @@ def test_no_incontext_learning_on_blip2(adapter):
 
 def test_higher_resolution(make_char_tokenizer):
     adapter = Blip2Adapter(*tiny_blip2(make_char_tokenizer))
+    before = adapter.input_size
     adapter.set_image_size(48)
+    assert (before, adapter.input_size) != (48, 48) and adapter.input_size == 48  # what evaluation squashes to
     assert adapter.site == InsertSite(n_positions=37, width=32, grid=6, has_cls=True)
     pixels = adapter.preprocess(images(1))
     assert pixels.shape == (1, 3, 48, 48)

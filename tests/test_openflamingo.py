@@ -429,8 +429,9 @@ def test_higher_resolution_interpolates_the_position_embeddings(tiny_files):
     vlm = load(tiny_files)
     visual = vlm.flamingo.vision_encoder
     cls_row = visual.positional_embedding[0].clone()
+    assert vlm.input_size == 32
     vlm.set_image_size(64)
-    assert vlm.site.grid == 8 and vlm.site.n_positions == 64
+    assert vlm.site.grid == 8 and vlm.site.n_positions == 64 and vlm.input_size == 64
     assert torch.equal(visual.positional_embedding[0], cls_row) and not visual.positional_embedding.requires_grad
     from PIL import Image
 

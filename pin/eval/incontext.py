@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pin.boxes import BoxCodec
 from pin.composed import ComposedImage
 from pin.eval import metrics
-from pin.frame import FRAME
+from pin.frame import model_side
 
 
 def draw_context(pool: list[ComposedImage], k: int, seed: int, repeat: int) -> list[tuple[int, int]]:
@@ -43,8 +43,9 @@ def context_text(vlm, codec: BoxCodec, pool: list[ComposedImage], drawn: list[tu
 
 @torch.no_grad()
 def context_features(vlm, pool: list[ComposedImage], drawn: list[tuple[int, int]]) -> torch.Tensor:
-    """Patch features (k, n_positions, width) of the context images, seen as the queries are (224 px)."""
-    images = [pool[i].pil().resize((FRAME, FRAME)) for i, _ in drawn]
+    """Patch features (k, n_positions, width) of the context images, seen as the queries are."""
+    side = model_side(vlm.input_size)
+    images = [pool[i].pil().resize((side, side)) for i, _ in drawn]
     return vlm.patch_features(vlm.preprocess(images)).float().cpu()
 
 

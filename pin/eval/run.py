@@ -8,8 +8,8 @@ draws), ``constant`` (the one box with the best mean IoU on the training boxes: 
 any model that ignores the image) and ``<method>_shuffled`` (the method answering about another
 image: if it barely drops, its answers do not come from the image). ``method=incontext`` adds
 ``incontext_<k>`` rows (mean/std over context draws) instead. The model sees each image squashed
-to 224x224, the frame the box text lives in; predictions are mapped back to original pixels for
-the predictions file.
+to a square (224x224, the frame the box text lives in, or the encoder's larger input:
+:func:`pin.frame.model_side`); predictions are mapped back to original pixels for the predictions file.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pin.errors import PinError
 from pin.eval import baselines, metrics
 from pin.eval.datasets import load_queries
 from pin.eval.query import Query
-from pin.frame import FRAME
+from pin.frame import FRAME, model_side
 from pin.methods.base import Method
 from pin.viz.gallery import gallery, size_bucket_bars
 from pin.vlm.base import FrozenVLM
@@ -44,11 +44,12 @@ def query_features(vlm: FrozenVLM, queries: list[Query], batch_size: int
     order: dict[object, int] = {}
     unreadable: list[Path] = []
     chunks = []
+    side = model_side(vlm.input_size)
     for start in tqdm(range(0, len(distinct), batch_size), desc="encode images", unit="batch", leave=False):
         ims = []
         for key, q in distinct[start:start + batch_size]:
             try:
-                ims.append(q.load_image().resize((FRAME, FRAME)))
+                ims.append(q.load_image().resize((side, side)))
             except PinError:
                 unreadable.append(q.image_path)
                 continue

@@ -117,6 +117,11 @@ class Blip2Adapter(FrozenVLM):
     def lm_input_embeddings(self) -> torch.nn.Embedding:
         return self.model.language_model.get_input_embeddings()
 
+    @property
+    def input_size(self) -> int:
+        size = self.image_processor.size
+        return int(size["height"] if isinstance(size, dict) else size)
+
     def set_image_size(self, image_size: int) -> None:
         """transformers' own ``interpolate_pos_encoding`` resamples the position embeddings."""
         import copy

@@ -284,6 +284,10 @@ class OpenFlamingoAdapter(FrozenVLM):
     def lm_input_embeddings(self) -> torch.nn.Embedding:
         return self.flamingo.lang_encoder.get_input_embeddings()
 
+    @property
+    def input_size(self) -> int:
+        return int(self.flamingo.vision_encoder.image_size[0])
+
     def set_image_size(self, image_size: int) -> None:
         from pin.vlm.resolution import interpolate_open_clip, resized_processor
 
