@@ -119,8 +119,8 @@ class Blip2Adapter(FrozenVLM):
 
     @property
     def input_size(self) -> int:
-        size = self.image_processor.size
-        return int(size["height"] if isinstance(size, dict) else size)
+        size = self.image_processor.size  # a dict or transformers' SizeDict
+        return int(size["height"] if isinstance(size, dict) else size.height)
 
     def set_image_size(self, image_size: int) -> None:
         """transformers' own ``interpolate_pos_encoding`` resamples the position embeddings."""
