@@ -68,7 +68,7 @@ class GenerateParams(Section):
 
 class FilterParams(Section):
     backend: Literal["none", "open_clip"] = "none"
-    model: str = "ViT-L-14"
+    model: str = "ViT-L-14-quickgelu"  # OpenAI's weights (pretrained: openai) were trained with QuickGELU
     pretrained: str = "openai"
     min_clip: float = 21.0  # X-Paste: keep if score >= min(min_clip, best_of_class - tolerance)
     tolerance: float = 1.0
@@ -187,7 +187,7 @@ class VLMParams(Section):
     name: Literal["mini", "openflamingo", "blip2"] = "mini"
     path: str = "models/mini_vlm"  # mini: the pretrain_vlm stage's output folder
     # paper profile: hub ids or local folders (no hub here: point these at local copies)
-    clip_model: str = "ViT-L-14"
+    clip_model: str = "ViT-L-14-quickgelu"  # OpenAI's ViT-L/14 was trained with QuickGELU
     clip_pretrained: str = "openai"
     lang_model: str = "anas-awadalla/mpt-1b-redpajama-200b-dolly"
     checkpoint: str = "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct"

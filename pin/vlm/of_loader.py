@@ -35,7 +35,7 @@ class OpenFlamingoProfile:
 OPENFLAMINGO_3B = OpenFlamingoProfile(
     checkpoint_id="openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct",
     checkpoint_file="checkpoint.pt",
-    clip_model="ViT-L-14",
+    clip_model="ViT-L-14-quickgelu",  # OpenAI's weights were trained with QuickGELU
     clip_pretrained="openai",
     lang_id="anas-awadalla/mpt-1b-redpajama-200b-dolly",
     cross_attn_every_n_layers=1,
@@ -68,7 +68,7 @@ def build_openflamingo(
       fix MPT-1B needs only when the path contains that string);
     * ``tokenizer_dir``: defaults to ``lang_dir``;
     * ``clip_model`` / ``clip_pretrained`` (params ``vlm.clip_model`` / ``vlm.clip_pretrained``):
-      open_clip ``ViT-L-14`` with ``openai`` weights, which open_clip must find in its local
+      open_clip ``ViT-L-14-quickgelu`` with ``openai`` weights, which open_clip must find in its local
       cache (``HF_HUB_OFFLINE=1``), or a path to the weights file.
 
     ``ln_patch_tokens=False`` (default) feeds the perceiver patch tokens *without* the
@@ -104,9 +104,10 @@ def build_openflamingo(
                 f"rename it, e.g. to .../{profile.lang_id.split('/')[-1]}"
             )
         decoder_layers_attr_name = decoder_layers_attr_name or "transformer.blocks"
-    from pin.openclip_config import open_clip_name
+    from pin.openclip_config import check_activation, open_clip_name
 
     clip_name = open_clip_name(clip_model, f"{PARAMS_PREFIX}.clip_model")  # a config JSON path is registered
+    check_activation(clip_name, clip_pretrained, f"{PARAMS_PREFIX}.clip_model", f"{PARAMS_PREFIX}.clip_pretrained")
     # the factory passes trust_remote_code=True: our registered mosaic_gpt classes win over the
     # folder's auto_map, so MPT-1B's remote code is never imported
     from pin.vlm.mpt import register_mosaic_gpt
