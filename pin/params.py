@@ -157,7 +157,9 @@ class RefCocoPaths(Section):
     annotations: str | None = None  # instances.json
     images: str | None = None  # COCO train2014 images
     split: Literal["val", "testA", "testB"] = "testA"
-    sentences: Literal["all", "first"] = "all"  # all: one query per expression (the usual protocol)
+    # last: one query per ref, its last expression (the authors' choice behind Tab. 2);
+    # all: one query per expression (the usual protocol); first: the first expression
+    sentences: Literal["last", "all", "first"] = "last"
 
 
 class EvalPaths(Section):
@@ -174,6 +176,9 @@ class EvalParams(Section):
     datasets: list[Literal["synthetic", "coco", "lvis", "pvoc", "refcoco"]] = ["synthetic"]
     paths: EvalPaths = EvalPaths()
     max_objects: int = Field(3, ge=1)  # paper, Sec. 5: images with up to 3 objects
+    # what the max_objects rule counts: every annotation (the authors: crowd/difficult included,
+    # though never queried) or only the objects that become queries
+    count: Literal["annotations", "queries"] = "annotations"
     max_queries: int | None = Field(None, ge=1)  # deterministic subsample (seed) for quick runs
     max_missing: float = Field(0.01, ge=0, le=1)  # fail if more of the selected images are absent
     batch_size: int = Field(64, ge=1)
