@@ -214,6 +214,9 @@ class BaselinesParams(Section):
     """Sizes of the paper's baselines (Sec. 5.1); PIN's own are in ``pin``."""
 
     vpt_tokens: int = Field(100, ge=1)  # VPT on the vision encoder or the fusion network
+    # vpt_vision: the prompt tokens' encoder outputs join the fusion input (keep, the authors'
+    # code) or are dropped after the last block (drop)
+    vpt_vision_output: Literal["keep", "drop"] = "keep"
     coop_tokens: int = Field(16, ge=1)  # CoOp context tokens in the LLM input
     lora_r: int = Field(16, ge=1)
     lora_alpha: float = Field(16.0, gt=0)

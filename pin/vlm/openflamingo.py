@@ -149,10 +149,11 @@ class OpenFlamingoAdapter(FrozenVLM):
         fusion_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``perceiver(features + insert [; fusion_tokens])``: ``(B, n_positions, width)`` (one
-        image) or ``(B, T, n_positions, width)`` (T images) -> ``(B, T, latents, width)``."""
+        image) or ``(B, T, n_positions, width)`` (T images) -> ``(B, T, latents, width)``. Rows
+        after the ``n_positions`` patch rows (a vision-encoder prompt's outputs) go in as they are."""
         site = self.site
         x = features[:, None] if features.ndim == 3 else features
-        if x.ndim != 4 or tuple(x.shape[2:]) != (site.n_positions, site.width):
+        if x.ndim != 4 or x.shape[2] < site.n_positions or x.shape[3] != site.width:
             raise ValueError(
                 f"features must be (B, {site.n_positions}, {site.width}) or (B, T, {site.n_positions}, "
                 f"{site.width}), got {tuple(features.shape)}"
@@ -163,7 +164,8 @@ class OpenFlamingoAdapter(FrozenVLM):
                 raise ValueError(
                     f"insert must be ({site.n_positions}, {site.width}), got {tuple(insert.shape)}"
                 )
-            x = x + insert.to(device=x.device, dtype=torch.float32)  # added in fp32
+            rows = (0, 0, 0, x.shape[2] - site.n_positions)  # nothing added to rows after the patches
+            x = x + F.pad(insert.to(device=x.device, dtype=torch.float32), rows)  # added in fp32
         if fusion_tokens is not None:
             if fusion_tokens.ndim != 2 or fusion_tokens.shape[1] != site.width:
                 raise ValueError(f"fusion_tokens must be (n, {site.width}), got {tuple(fusion_tokens.shape)}")
@@ -255,7 +257,7 @@ class OpenFlamingoAdapter(FrozenVLM):
         out = visual(pixels.to(device=self.device, dtype=next(visual.parameters()).dtype))
         tokens = out[1]
         want = (self.site.n_positions, self.site.width)
-        if tuple(tokens.shape[1:]) != want:
+        if tokens.ndim != 3 or tokens.shape[1] < want[0] or tokens.shape[2] != want[1]:
             raise RuntimeError(f"vision encoder gave tokens {tuple(tokens.shape)}, expected (B, *{want})")
         return tokens
 
