@@ -96,6 +96,11 @@ class ComposeParams(Section):
     s_max: list[float] = [1.0, 1.0, 1.0]
     o_max: float = Field(0.5, ge=0, le=1)
     referrals: bool = False
+    # category names in training prompts (and, read by the evaluate stage, in queries): readable
+    # ("bus (vehicle)", the offline mini VLM's vocabulary) or clean ("bus", the authors' names)
+    query_names: Literal["readable", "clean"] = "readable"
+    # appendix_d: "left dog" or "dog on the left" (50/50) and "middle"; prefix: "left dog" only
+    referral_style: Literal["appendix_d", "prefix"] = "appendix_d"
     same_type_prob: float = Field(0.7, ge=0, le=1)
     n_train: int = Field(8000, ge=0)
     n_val: int = Field(500, ge=0)

@@ -16,6 +16,7 @@ METHOD_DIR = "models/pin"  # the train stage's output: whichever method it train
 
 
 def main() -> str:
+    from pin.categories import set_query_names
     from pin.eval.run import run_evaluate
     from pin.methods import METHODS, load_method
     from pin.vlm.registry import load_vlm
@@ -24,7 +25,9 @@ def main() -> str:
         raise PinError("usage: python stages/evaluate.py <dataset>")
     raw = params.load_yaml()
     eval_p = params.parse_section("eval", raw.get("eval"))
-    grid = params.parse_section("compose", raw.get("compose")).grid
+    compose_p = params.parse_section("compose", raw.get("compose"))
+    grid = compose_p.grid
+    set_query_names(compose_p.query_names)  # the queries say what the training prompts said
     wanted = params.parse_method(raw, METHODS)
     vlm = load_vlm(params.parse_section("vlm", raw.get("vlm")))
     method = load_method(METHOD_DIR, vlm).to(vlm.device)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from test_eval_datasets import cfg, coco_json, refcoco, voc
+import pytest
+from test_eval_datasets import cfg, coco_json, jpeg, refcoco, voc
 
 from pin.eval.datasets import load_queries
 
@@ -46,3 +47,78 @@ def test_refcoco_asks_each_ref_once_with_its_last_sentence_by_default(tmp_path):
     assert sorted(q.text for q in qs) == ["guy in red", "table top"] and stats["n_refs"] == 2
     qs, _ = load_queries("refcoco", cfg(refcoco={**paths, "sentences": "all"}))
     assert len(qs) == 3
+
+
+# --- 5. query names without LVIS disambiguators (paper profile) ------------------------------
+
+DISAMBIGUATED = {"bus_(vehicle)": "train", "bow_(weapon)": "train", "cup": "heldout", "bat_(animal)": "heldout"}
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory):
+    import numpy as np
+
+    from pin.synth.filter import write_manifest, write_object_fixture
+
+    root = tmp_path_factory.mktemp("objects")
+    df = write_object_fixture(root / "objects", DISAMBIGUATED, per_category=3, canvas=32, seed=1)
+    df["kept"], df["reason"], df["clip_score"] = True, "", np.nan
+    write_manifest(df, root / "filtered" / "manifest.parquet")
+    return root / "objects", root / "filtered" / "manifest.parquet"
+
+
+def _compose(objects, out, **kw):
+    from pin.params import ComposeParams
+    from pin.synth import shards as sh
+    from pin.synth.compose import run_compose
+
+    p = ComposeParams(**{"image_size": 64, "grid": 8, "n_train": 12, "n_val": 0, "n_heldout": 6, "n_pretrain": 0,
+                         "shard_size": 12, "workers": 1, "referrals": True, "same_type_prob": 1.0, **kw})
+    run_compose(p, objects[0], objects[1], out, None, progress=False)
+    refs = [o["referral"] for rec in sh.iter_records(out / "train") for o in rec["objects"]]
+    names = [c["name"] for c in json.loads((out / "heldout" / "annotations.json").read_text())["categories"]]
+    return refs, names
+
+
+def test_clean_query_names_reach_training_prompts_and_queries(objects, tmp_path):
+    refs, names = _compose(objects, tmp_path / "clean", query_names="clean")
+    assert refs and not any("(" in r for r in refs) and any(r.endswith("bus") for r in refs)
+    assert sorted(names) == ["bat", "cup"]
+    refs, names = _compose(objects, tmp_path / "readable")  # the offline default: the mini VLM's words
+    assert any("bus (vehicle)" in r for r in refs) and "bat (animal)" in names
+
+    from pin.categories import set_query_names
+
+    lvis = {"images": [{"id": 7, "file_name": "7.jpg", "width": 40, "height": 30}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+            "categories": [{"id": 1, "name": "bus_(vehicle)", "synonyms": ["bus_(vehicle)", "autobus"]}]}
+    (tmp_path / "lvis.json").write_text(json.dumps(lvis))
+    jpeg(tmp_path / "coco" / "7.jpg")
+    paths = {"annotations": str(tmp_path / "lvis.json"), "images": str(tmp_path / "coco")}
+    try:
+        set_query_names("clean")  # what the evaluate stage does with compose.query_names: clean
+        assert [q.text for q in load_queries("lvis", cfg(lvis=paths))[0]] == ["bus"]
+    finally:
+        set_query_names("readable")
+    assert [q.text for q in load_queries("lvis", cfg(lvis=paths))[0]] == ["bus (vehicle)"]
+
+
+# --- 6. referral phrasing of App. D -----------------------------------------------------------
+
+def test_referrals_say_left_dog_and_dog_on_the_left_and_middle(objects, tmp_path):
+    import numpy as np
+
+    from pin.synth.layout import referrals
+
+    row = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]]  # three dogs left to right
+    seen = {tuple(referrals(["dog"] * 3, row, style="appendix_d", rng=np.random.default_rng(s))) for s in range(40)}
+    words = {r for refs in seen for r in refs}
+    assert words == {"left dog", "dog on the left", "middle dog", "dog in the middle", "right dog", "dog on the right"}
+    assert referrals(["dog"] * 3, row) == ["left dog", "dog", "right dog"]  # the prefix style, an option
+    same = [[0, 0, 10, 10], [0, 0, 10, 10]]
+    assert referrals(["dog"] * 2, same, style="appendix_d", rng=np.random.default_rng(0)) == ["dog", "dog"]
+
+    refs, _ = _compose(objects, tmp_path / "c")
+    assert any(" on the " in r for r in refs) and any(r.split()[0] in ("left", "right", "top", "bottom") for r in refs)
+    prefix, _ = _compose(objects, tmp_path / "p", referral_style="prefix")
+    assert not any(" on the " in r or " in the middle" in r for r in prefix)

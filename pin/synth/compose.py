@@ -130,7 +130,9 @@ class Composer:
         canvas = render(background, [c[2] for c in chosen], boxes, p)
         cats = [pool.categories[c[0]] for c in chosen]
         px = [to_pixels(b, p) for b in boxes]
-        refs = referrals(cats, px) if p.referrals else [query_name(c) for c in cats]
+        clean = p.query_names == "clean"
+        refs = (referrals(cats, px, clean, p.referral_style, rng) if p.referrals
+                else [query_name(c, clean) for c in cats])
         objects = [
             {"category": cat, "box": list(pb), "grid_box": list(gb), "referral": ref, "source": c[1]}
             for cat, pb, gb, ref, c in zip(cats, px, boxes, refs, chosen)
@@ -317,7 +319,7 @@ def run_compose(
                 pool.join()
             _reset_worker()
 
-    export_coco(out_dir / "heldout", pools["heldout"].categories)
+    export_coco(out_dir / "heldout", pools["heldout"].categories, clean=p.query_names == "clean")
     metrics = collect_metrics(out_dir, p, pools, backgrounds)
     if metrics_path is not None:
         atomic_write_json(metrics_path, metrics)
@@ -361,7 +363,7 @@ def collect_metrics(out_dir: str | Path, p: ComposeParams, pools: dict[str, Obje
             "object_read_failures": meta["object_read_failures"],
             "background_read_failures": meta["background_read_failures"],
             "positional_referrals": sum(
-                1 for o in objs for ob in o if ob["referral"] != query_name(ob["category"])),
+                1 for o in objs for ob in o if ob["referral"] != query_name(ob["category"], p.query_names == "clean")),
         }
     return {
         "splits": splits,
