@@ -122,3 +122,75 @@ def test_referrals_say_left_dog_and_dog_on_the_left_and_middle(objects, tmp_path
     assert any(" on the " in r for r in refs) and any(r.split()[0] in ("left", "right", "top", "bottom") for r in refs)
     prefix, _ = _compose(objects, tmp_path / "p", referral_style="prefix")
     assert not any(" on the " in r or " in the middle" in r for r in prefix)
+
+
+# --- 8. beam search (eval.num_beams) ----------------------------------------------------------
+
+class _Past:
+    """A stand-in KV cache: it only records how the beams were reordered."""
+
+    def __init__(self):
+        self.reorders = []
+
+    def reorder_cache(self, idx):
+        self.reorders.append(idx.tolist())
+
+
+def _markov_step(table):
+    """An LM whose next-token distribution depends on the last token only (log-probs ``table``)."""
+    import torch
+    from types import SimpleNamespace
+
+    past = _Past()
+
+    def step(ids, mask, positions, _past, use_cache):
+        logits = table[ids[:, -1]][:, None]
+        return SimpleNamespace(logits=logits, past_key_values=past if use_cache else None)
+
+    return step, past
+
+
+def test_beam_search_finds_the_better_answer_greedy_misses():
+    import torch
+
+    from pin.vlm.greedy import beam_decode, greedy_decode
+
+    # tokens: 0 pad, 1 stop, 2 "A", 3 "B", 4 start. A is likelier first (0.6), but after A nothing
+    # is likely; B then stop has 0.4 * 0.99 > 0.6 * max after A.
+    p = torch.full((5, 5), 1e-6)
+    p[4, 2], p[4, 3] = 0.6, 0.4
+    p[2, 1], p[2, 2], p[2, 3] = 0.34, 0.33, 0.33
+    p[3, 1] = 0.99
+    table = p.log()
+    ids = torch.tensor([[4], [4]])
+    mask, pos = torch.ones_like(ids), torch.zeros_like(ids)
+    step, _ = _markov_step(table)
+    greedy = greedy_decode(step, ids, mask, pos, 4, False, [1], 0)
+    assert greedy[0].tolist()[:2] == [2, 1]  # "A", stop
+    for use_cache in (False, True):
+        step, past = _markov_step(table)
+        beams = beam_decode(step, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0),
+                            pos.repeat_interleave(3, 0), 4, use_cache, [1], 0, num_beams=3)
+        assert beams[:, :2].tolist() == [[3, 1], [3, 1]]  # "B", stop: the likelier answer
+        assert not beams[:, 2:].any()  # padding after the stop
+        assert bool(past.reorders) == use_cache
+        assert all(i // 3 == j // 3 for r in past.reorders for j, i in enumerate(r))  # beams stay with their prompt
+    step, _ = _markov_step(table)
+    one = beam_decode(step, ids, mask, pos, 4, False, [1], 0, num_beams=1)
+    assert one.tolist() == greedy.tolist()  # one beam is greedy
+
+
+def test_openflamingo_beam_search_cached_matches_uncached_and_single():
+    import torch
+    from test_methods import fresh_vlm
+
+    torch.manual_seed(0)
+    vlm = fresh_vlm()
+    vlm.flamingo.to(torch.float64)  # no near-tie can flip a ranking between the two paths
+    prompts = [vlm.prompt(o) for o in ("dog", "cup dog", "cup")]
+    feats = torch.randn(3, vlm.site.n_positions, vlm.site.width, dtype=torch.float64)
+    cached = vlm.generate(feats, prompts, max_new_tokens=8, num_beams=3)
+    uncached = vlm.generate(feats, prompts, max_new_tokens=8, num_beams=3, use_cache=False)
+    single = [vlm.generate(feats[i:i + 1], [p], max_new_tokens=8, num_beams=3)[0] for i, p in enumerate(prompts)]
+    assert cached == uncached == single and all(isinstance(t, str) for t in cached)
+    assert vlm.generate(feats, prompts, max_new_tokens=8, num_beams=1) == vlm.generate(feats, prompts, max_new_tokens=8)

@@ -51,7 +51,7 @@ def context_features(vlm, pool: list[ComposedImage], drawn: list[tuple[int, int]
 
 @torch.no_grad()
 def answer_in_context(vlm, feats: torch.Tensor, rows: list[int], texts: list[str], ctx_feats: torch.Tensor,
-                      ctx_text: str, max_new_tokens: int, batch_size: int, desc: str) -> list[str]:
+                      ctx_text: str, max_new_tokens: int, batch_size: int, desc: str, num_beams: int = 1) -> list[str]:
     """Each query's answer with the context before it: features (B, k+1, n_positions, width)."""
     out: list[str] = []
     k = ctx_feats.shape[0]
@@ -59,13 +59,13 @@ def answer_in_context(vlm, feats: torch.Tensor, rows: list[int], texts: list[str
         query = feats[rows[start:start + batch_size]]
         both = torch.cat([ctx_feats.expand(len(query), k, *ctx_feats.shape[1:]), query[:, None]], dim=1)
         prompts = [ctx_text + vlm.prompt(t) for t in texts[start:start + batch_size]]
-        out += vlm.generate(both.to(vlm.device), prompts, max_new_tokens=max_new_tokens)
+        out += vlm.generate(both.to(vlm.device), prompts, max_new_tokens=max_new_tokens, num_beams=num_beams)
     return out
 
 
 def run_incontext(vlm, feats: torch.Tensor, rows: list[int], texts: list[str], pool: list[ComposedImage],
                   codec: BoxCodec, shots: tuple[int, ...], repeats: int, seed: int, max_new_tokens: int,
-                  batch_size: int) -> dict[int, list[list[str]]]:
+                  batch_size: int, num_beams: int = 1) -> dict[int, list[list[str]]]:
     """``{k: [answers of repeat 0, answers of repeat 1, ...]}``."""
     if not vlm.supports_interleaved_images:
         raise ValueError(f"{vlm.name} cannot take several images per prompt")
@@ -76,7 +76,7 @@ def run_incontext(vlm, feats: torch.Tensor, rows: list[int], texts: list[str], p
             drawn = draw_context(pool, k, seed, r)
             answers[k].append(answer_in_context(
                 vlm, feats, rows, texts, context_features(vlm, pool, drawn), context_text(vlm, codec, pool, drawn),
-                max_new_tokens, batch_size, desc=f"{k} context, draw {r + 1}/{repeats}"))
+                max_new_tokens, batch_size, desc=f"{k} context, draw {r + 1}/{repeats}", num_beams=num_beams))
     return answers
 
 

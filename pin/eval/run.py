@@ -84,7 +84,7 @@ def drop_unreadable(dataset: str, queries: list[Query], rows: list[int], unreada
 @torch.no_grad()
 def answer(vlm: FrozenVLM, feats: torch.Tensor, rows: list[int], texts: list[str], conditioning: dict,
            max_new_tokens: int, batch_size: int, num_beams: int, desc: str) -> list[str]:
-    """Greedy answers; ``conditioning`` holds a method's extra inputs (``insert``, ``fusion_tokens``,
+    """Answers (greedy, or beam search with ``num_beams`` > 1); ``conditioning`` holds a method's extra inputs (``insert``, ``fusion_tokens``,
     ``lm_prefix``), empty for the raw VLM."""
     out: list[str] = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
@@ -217,7 +217,7 @@ def _add_incontext(results, preds, answers, vlm, method, feats, rows, texts, gt,
 
     pool = read_split_records(composed_dir / "train")
     by_k = run_incontext(vlm, feats, rows, texts, pool, codec, method.shots, method.repeats, eval_p.seed,
-                         max_new, eval_p.batch_size)
+                         max_new, eval_p.batch_size, eval_p.num_beams)
     rows_k, first = incontext_metrics(by_k, gt, image_ids, parse)
     results.update(rows_k)
     answers.update(first)

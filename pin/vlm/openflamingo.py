@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pin.vlm.base import FrozenVLM, freeze
-from pin.vlm.greedy import greedy_decode
+from pin.vlm.greedy import beam_decode, greedy_decode
 from pin.vlm.of_parts import lm_takes_position_ids, set_gates, site_of  # noqa: F401
 from pin.vlm.of_loader import build_openflamingo
 from pin.vlm.of_text import (  # noqa: F401  (the adapter's text vocabulary, re-exported for callers)
@@ -343,10 +343,11 @@ class OpenFlamingoAdapter(FrozenVLM):
         fusion_tokens: torch.Tensor | None = None,
         lm_prefix: torch.Tensor | None = None,
     ) -> list[str]:
-        """Greedy decoding; ``use_cache=False`` recomputes the whole sequence at every step (the
-        reference the cached path is tested against)."""
-        if num_beams != 1:
-            raise NotImplementedError("only greedy decoding (num_beams=1) is implemented")
+        """Greedy decoding, or beam search with ``num_beams`` > 1 (``eval.num_beams``; the
+        authors' run script uses 3); ``use_cache=False`` recomputes the whole sequence at every
+        step (the reference the cached path is tested against)."""
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
         if len(features) != len(prompts):
             raise ValueError(f"{len(features)} feature rows but {len(prompts)} prompts")
         if not prompts:
@@ -354,10 +355,12 @@ class OpenFlamingoAdapter(FrozenVLM):
         n_slots = 0 if lm_prefix is None else lm_prefix.shape[0]
         with torch.no_grad():
             ids, mask = self._left_padded(self._prompt_ids(prompts, self._n_images(features), n_slots))
-            prefix = self._slots(ids, lm_prefix)
             vis = self.fuse(features, insert, fusion_tokens)
+            if num_beams > 1:  # each prompt and its image once per beam
+                ids, mask, vis = (t.repeat_interleave(num_beams, 0) for t in (ids, mask, vis))
+            prefix = self._slots(ids, lm_prefix)
             with self._conditioned(vis, keep_media_locations=True):
-                new = self._greedy(ids, mask, max_new_tokens, use_cache, prefix)
+                new = self._greedy(ids, mask, max_new_tokens, use_cache, prefix, num_beams)
         stops = set(self.stop_token_ids)
         texts = []
         for row in new.tolist():
@@ -368,10 +371,13 @@ class OpenFlamingoAdapter(FrozenVLM):
         return texts
 
     def _greedy(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, use_cache: bool,
-                prefix=None) -> torch.Tensor:
+                prefix=None, num_beams: int = 1) -> torch.Tensor:
         def step(step_ids, mask, positions, past, use_cache):
             return self._lm(step_ids, mask, positions, past=past, use_cache=use_cache, prefix=prefix)
 
+        if num_beams > 1:
+            return beam_decode(step, ids, mask, self._positions(mask), max_new_tokens, use_cache,
+                               self.stop_token_ids, self.pad_token_id, num_beams)
         return greedy_decode(step, ids, mask, self._positions(mask), max_new_tokens, use_cache,
                              self.stop_token_ids, self.pad_token_id)
 
