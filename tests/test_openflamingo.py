@@ -287,8 +287,9 @@ def test_bad_inputs(vlm):
         vlm.answer_loss(feats, prompts, answers, torch.zeros(3, 64))
     with pytest.raises(ValueError, match="exactly one"):
         vlm.answer_loss(feats, ["no image here", prompts[1]], answers)
-    with pytest.raises(NotImplementedError):
-        vlm.generate(feats, prompts, num_beams=3)
+    with pytest.raises(ValueError, match="num_beams"):
+        vlm.generate(feats, prompts, num_beams=0)
+    assert vlm.generate(feats, prompts, max_new_tokens=0, num_beams=3) == ["", ""]
     assert vlm.generate(feats, prompts, max_new_tokens=0) == ["", ""]
 
 
