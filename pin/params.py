@@ -96,6 +96,9 @@ class ComposeParams(Section):
     s_max: list[float] = [1.0, 1.0, 1.0]
     o_max: float = Field(0.5, ge=0, le=1)
     referrals: bool = False
+    # box labels: pasted (the rectangle an object was pasted into: paper, authors) or visible (its
+    # extent left after later pastes cover it, as COCO/VOC/LVIS label objects)
+    box: Literal["pasted", "visible"] = "pasted"
     # category names in training prompts (and, read by the evaluate stage, in queries): readable
     # ("bus (vehicle)", the offline mini VLM's vocabulary) or clean ("bus", the authors' names)
     query_names: Literal["readable", "clean"] = "readable"

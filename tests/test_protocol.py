@@ -194,3 +194,28 @@ def test_openflamingo_beam_search_cached_matches_uncached_and_single():
     single = [vlm.generate(feats[i:i + 1], [p], max_new_tokens=8, num_beams=3)[0] for i, p in enumerate(prompts)]
     assert cached == uncached == single and all(isinstance(t, str) for t in cached)
     assert vlm.generate(feats, prompts, max_new_tokens=8, num_beams=1) == vlm.generate(feats, prompts, max_new_tokens=8)
+
+
+# --- 9. box labels: pasted | visible ----------------------------------------------------------
+
+def test_visible_box_labels_are_what_later_pastes_leave(objects, tmp_path):
+    from pin.synth import shards as sh
+    from pin.synth.layout import visible_extent
+
+    # the second box covers the first one's left half; the third lies inside the second
+    assert visible_extent([(0, 0, 4, 2), (0, 0, 2, 4), (1, 1, 2, 2)]) == [(2, 0, 4, 2), (0, 0, 2, 4), (1, 1, 2, 2)]
+    assert visible_extent([(2, 2, 4, 4), (0, 0, 8, 8)]) == [(2, 2, 4, 4), (0, 0, 8, 8)]  # hidden: kept
+
+    kw = {"referrals": False, "n_train": 40, "shard_size": 40, "o_max": 0.5}
+    _compose(objects, tmp_path / "pasted", **kw)
+    _compose(objects, tmp_path / "visible", box="visible", **kw)
+    pasted = list(sh.iter_records(tmp_path / "pasted" / "train"))
+    visible = list(sh.iter_records(tmp_path / "visible" / "train"))
+    assert [r["image"] for r in pasted] == [r["image"] for r in visible]  # same pictures, other labels
+    shrunk = 0
+    for a, b in zip(pasted, visible):
+        for oa, ob in zip(a["objects"], b["objects"]):
+            pa, vb = list(oa["grid_box"]), list(ob["grid_box"])
+            assert pa[0] <= vb[0] < vb[2] <= pa[2] and pa[1] <= vb[1] < vb[3] <= pa[3]
+            shrunk += pa != vb
+    assert shrunk > 0

@@ -26,7 +26,7 @@ from pin.categories import query_name
 from pin.errors import PinError
 from pin.params import ComposeParams
 from pin.synth.backgrounds import BackgroundBank, BackgroundSource, scan_backgrounds
-from pin.synth.layout import encode, layout, referrals, render, sample_count, to_pixels
+from pin.synth.layout import encode, layout, referrals, render, sample_count, to_pixels, visible_extent
 from pin.synth.objects import ObjectPool, load_object, load_object_pools
 from pin.synth.shards import SPLITS
 
@@ -128,6 +128,8 @@ class Composer:
             stats["a_reduced"] += 1
             chosen = chosen[:len(boxes)]
         canvas = render(background, [c[2] for c in chosen], boxes, p)
+        if p.box == "visible":  # labels: what later pastes leave of each object (pasting is unchanged)
+            boxes = visible_extent(boxes)
         cats = [pool.categories[c[0]] for c in chosen]
         px = [to_pixels(b, p) for b in boxes]
         clean = p.query_names == "clean"

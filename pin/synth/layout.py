@@ -74,6 +74,24 @@ def occlusion(boxes: Sequence[Box]) -> list[float]:
     return [covered_fraction(b, boxes[k + 1:]) for k, b in enumerate(boxes)]
 
 
+def visible_extent(boxes: Sequence[Box]) -> list[Box]:
+    """Each box (in paste order) cut to what the boxes pasted after it leave visible: the bounding
+    box, in grid cells, of its cells outside their union (``compose.box: visible``; COCO, VOC and
+    LVIS label the visible extent). Measured on the boxes, not the objects' alpha; o_max < 1
+    always leaves a part, and a box covered completely keeps its pasted extent."""
+    out = []
+    for k, (i1, j1, i2, j2) in enumerate(boxes):
+        free = np.ones((j2 - j1, i2 - i1), dtype=bool)
+        for o1, p1, o2, p2 in boxes[k + 1:]:
+            a, b, c, d = max(i1, o1), max(j1, p1), min(i2, o2), min(j2, p2)
+            if a < c and b < d:
+                free[b - j1:d - j1, a - i1:c - i1] = False
+        ys, xs = np.nonzero(free)
+        out.append((i1 + int(xs.min()), j1 + int(ys.min()), i1 + int(xs.max()) + 1, j1 + int(ys.max()) + 1)
+                   if len(xs) else (i1, j1, i2, j2))
+    return out
+
+
 def _fits(boxes: list[Box], new: Box, o_max: float) -> bool:
     later = [*boxes, new]
     return all(covered_fraction(b, later[k + 1:]) <= o_max + EPS for k, b in enumerate(boxes))
@@ -196,5 +214,5 @@ def _between(k: int, peers: Sequence[int], cx: Sequence[float], cy: Sequence[flo
 
 __all__ = [
     "Box", "layout", "sample_count", "snap_size", "covered_fraction", "occlusion", "render", "paste",
-    "to_pixels", "encode", "referrals", "phrase",
+    "to_pixels", "encode", "referrals", "phrase", "visible_extent",
 ]
