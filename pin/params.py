@@ -55,7 +55,7 @@ class GenerateParams(Section):
     max_categories: int | None = Field(30, ge=1)  # null: every category the backend covers
     image_size: int = Field(160, ge=16)  # openmoji render size; SD output size (512) on diffusers
     # diffusers backend (paper profile)
-    model: str = "runwayml/stable-diffusion-v1-5"
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # a hub id or a local diffusers folder
     prompt: str = "a photo of a single {name}, white background"
     negative_prompt: str = ""
     steps: int = Field(50, ge=1)
@@ -372,7 +372,12 @@ def load_yaml(path: str | Path = "params.yaml") -> dict:
         raise ParamsError(f"{path}: not valid YAML{at}: {what}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return data
+    from pin.profiles import ProfileError, apply_profile
+
+    try:
+        return apply_profile(data, path.parent, SECTIONS)
+    except ProfileError as err:
+        raise ParamsError(str(err)) from None
 
 
 def load(section: str, path: str | Path = "params.yaml", cls: type[S] | None = None) -> S:
