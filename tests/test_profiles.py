@@ -74,3 +74,35 @@ def test_dvc_reads_each_stages_sections_from_the_selected_profile(tmp_path):
             assert from_params <= from_profile, (address, from_params - from_profile)
             for profile in PROFILES:  # each profile has every section a stage reads from it
                 assert from_profile <= set(yaml.safe_load((ROOT / "profiles" / f"{profile}.yaml").read_text()))
+
+
+def _cached_repo(cache: Path, repo: str, files: dict[str, bytes]) -> Path:
+    """A repository as huggingface_hub's cache holds it (refs/main -> snapshots/<commit>/...)."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snap = folder / "snapshots" / commit
+    for name, data in files.items():
+        (snap / name).parent.mkdir(parents=True, exist_ok=True)
+        (snap / name).write_bytes(data)
+    return snap
+
+
+def test_openflamingo_takes_hub_ids_from_the_hub_cache(tmp_path, monkeypatch):
+    """vlm.checkpoint / vlm.lang_model as hub ids (params.yaml's defaults) resolve to the local
+    copies huggingface_hub keeps; no download here (HF_HUB_OFFLINE=1, a prepared cache)."""
+    import huggingface_hub.constants as hub
+
+    from pin.vlm.of_loader import OPENFLAMINGO_3B, from_hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    ckpt = _cached_repo(tmp_path, OPENFLAMINGO_3B.checkpoint_id, {"checkpoint.pt": b"weights"})
+    lang = _cached_repo(tmp_path, OPENFLAMINGO_3B.lang_id, {"config.json": b"{}"})
+    assert Path(from_hub(OPENFLAMINGO_3B.checkpoint_id, "checkpoint.pt")) == ckpt / "checkpoint.pt"
+    assert Path(from_hub(OPENFLAMINGO_3B.lang_id)) == lang and "mpt-1b-redpajama-200b" in str(lang)
+    local = tmp_path / "local.pt"
+    local.write_bytes(b"x")
+    assert from_hub(local, "checkpoint.pt") == local  # a local path is used as it is
+    assert from_hub("someone/not-cached", "checkpoint.pt") == "someone/not-cached"  # the caller's message names it

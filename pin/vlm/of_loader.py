@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def build_openflamingo(
     """
     import open_flamingo
 
-    tokenizer_dir = tokenizer_dir if tokenizer_dir is not None else lang_dir
+    checkpoint = from_hub(checkpoint, profile.checkpoint_file)
+    lang_dir = from_hub(lang_dir)
+    tokenizer_dir = from_hub(tokenizer_dir) if tokenizer_dir is not None else lang_dir
     if checkpoint is not None and Path(checkpoint).is_dir():
         checkpoint = Path(checkpoint) / profile.checkpoint_file
     _check_inputs(profile, checkpoint, lang_dir, tokenizer_dir, clip_pretrained)
@@ -140,6 +143,27 @@ def build_openflamingo(
     return flamingo, processor, tokenizer
 
 
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def from_hub(value: str | Path | None, filename: str | None = None) -> str | Path | None:
+    """A hub id (``openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct``) that is not a local
+    path -> its local copy: ``filename`` from the repository, or the repository's snapshot folder,
+    downloaded into the Hugging Face cache (read from it with ``HF_HUB_OFFLINE=1``). A local path,
+    or an id the hub and the cache cannot give, is returned as it is (the caller's checks name it)."""
+    if value is None or Path(value).exists() or not _HUB_ID.match(str(value)):
+        return value
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        if filename is not None:
+            return hf_hub_download(str(value), filename)
+        return snapshot_download(str(value))
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated: the missing-weights message follows
+        log.info("%s: not on the hub or in its cache (%s)", value, type(err).__name__)
+        return value
+
+
 def _missing_weights(profile: OpenFlamingoProfile, what: str) -> PinError:
     p = PARAMS_PREFIX
     return PinError(
@@ -148,7 +172,8 @@ def _missing_weights(profile: OpenFlamingoProfile, what: str) -> PinError:
         f"tokenizer) and open_clip {profile.clip_model}/{profile.clip_pretrained}; set "
         f"{p}.checkpoint to the checkpoint file, {p}.lang_model to the language model's folder "
         f"(and {p}.clip_pretrained to a weights file unless open_clip has '{profile.clip_pretrained}' "
-        f"cached), or use the offline {p}.name=mini"
+        f"cached) - hub ids work where the hub, or its cache with HF_HUB_OFFLINE=1, has them - or use the "
+        f"offline {p}.name=mini"
     )
 
 
