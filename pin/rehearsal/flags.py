@@ -129,6 +129,8 @@ def rehearsal_flags(docs: dict[str, str], vlm: str, models: StandIns, data: Data
         else:
             raise PinError(f"documented flag {key}={value}: not a path with a stand-in; a protocol value "
                            f"belongs in {PROFILES_DIR}/<vlm>.yaml")
+    if not table3:  # dvc exp run leaves each run's params in the workspace: undo an earlier Tab. 3 run's
+        flags["vlm.image_size"] = "null"
     sizes = {k: v for k, v in SIZES.items() if not (table3 and k in TABLE3[vlm])}
     for key, value in sizes.items():
         flags[f"{PROFILES_DIR}/{vlm}.yaml:{key}" if key in committed else key] = value
