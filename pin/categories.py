@@ -6,15 +6,16 @@ objects of LVIS categories and holds out every category that also occurs in COCO
 for a zero-shot evaluation; :func:`heldout_names` computes that set by synonym-aware matching.
 
 Names in prompts and queries: ONE rule for every stage. :func:`query_name` is what a prompt, a
-referral, a COCO export and an evaluation query say for a category; today it is
-:func:`readable` (the dataset name as words, VOC's run-together names split). :func:`clean_name`
-(without LVIS's disambiguator: ``bus_(vehicle)`` -> ``bus``) is ready but not used: it changes the
-mini VLM's vocabulary, so it lands (``CLEAN_QUERY_NAMES = True``) with the next retrained asset.
+referral, a COCO export and an evaluation query say for a category: :func:`readable` (the dataset
+name as words, VOC's run-together names split; the offline mini VLM's vocabulary) or, with
+``compose.query_names: clean`` (the paper profile, as the authors), :func:`clean_name` (without
+LVIS's disambiguator: ``bus_(vehicle)`` -> ``bus``). The compose stage passes the choice down; the
+evaluate stage sets it for its process (:func:`set_query_names`).
 """
 # Public API for the other stages (pretraining, evaluation, COCO export):
 #   query_name(name: str) -> str   the text a prompt/query uses for a category name of any set
 #   readable(name: str) -> str     the words of a name (also for synonym matching)
-#   clean_name(name: str) -> str   readable() without a "(...)" disambiguator; nothing uses it yet
+#   clean_name(name: str) -> str   readable() without a "(...)" disambiguator (compose.query_names: clean)
 from __future__ import annotations
 
 import csv
@@ -68,7 +69,7 @@ _READABLE = {
     "aeroplane": "airplane",
     "monitor_(computer_equipment) computer_monitor": "computer monitor",
 }
-# Off until the retrained mini-VLM asset: clean names are words its vocabulary does not have.
+# Off by default: clean names are words the offline mini VLM's vocabulary does not have.
 CLEAN_QUERY_NAMES = False
 _DISAMBIGUATOR = re.compile(r"\s*\([^)]*\)")
 
@@ -91,9 +92,18 @@ def clean_name(name: str) -> str:
     return " ".join(_DISAMBIGUATOR.sub(" ", words).split()) or words
 
 
-def query_name(name: str) -> str:
-    """What prompts, referrals, exports and evaluation queries call a category (one rule for all)."""
-    return clean_name(name) if CLEAN_QUERY_NAMES else readable(name)
+def query_name(name: str, clean: bool | None = None) -> str:
+    """What prompts, referrals, exports and evaluation queries call a category (one rule for all):
+    ``clean`` (the paper-profile VLMs: ``compose.query_names: clean``, as the authors strip " (")
+    or readable; None: this process's choice (:func:`set_query_names`, else ``CLEAN_QUERY_NAMES``)."""
+    return clean_name(name) if (CLEAN_QUERY_NAMES if clean is None else clean) else readable(name)
+
+
+def set_query_names(style: Literal["readable", "clean"]) -> None:
+    """The rule for this process (the evaluate stage sets it from ``compose.query_names``, so the
+    queries say what the training prompts said)."""
+    global CLEAN_QUERY_NAMES
+    CLEAN_QUERY_NAMES = style == "clean"
 
 
 def slug(name: str) -> str:

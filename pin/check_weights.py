@@ -140,7 +140,7 @@ def filter_clip_model(params_file: Path | None) -> str:
     from pin import params
 
     raw = params.load_yaml(params_file) if params_file is not None and params_file.is_file() else {}
-    return str((raw.get("filter") or {}).get("model", "ViT-L-14"))
+    return str((raw.get("filter") or {}).get("model", "ViT-L-14-quickgelu"))
 
 
 # ------------------------------------------------------------------------------- check

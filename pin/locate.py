@@ -1,7 +1,8 @@
 """Locate one object in one picture of any size: what ``pin locate`` does.
 
-The frozen VLM reads a square frame (224 px; the mini VLM then scales it to its 64 px input) and
-answers a box on the ``G x G`` grid of that frame. A picture of any size is brought into the
+The frozen VLM reads a square frame (224 px; the mini VLM then scales it to its 64 px input, an
+encoder run at a higher resolution gets the picture at its own size) and answers a box on the
+``G x G`` grid of the 224 frame. A picture of any size is brought into the
 frame in one of two ways, and the answer is mapped back to the picture's own pixels:
 
 * ``resize`` (default): squashed to 224 x 224, as the evaluate stage and BLIP-2's processor do;
@@ -21,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pin.boxes import BoxCodec
 from pin.errors import PinError
-from pin.frame import FRAME
+from pin.frame import FRAME, model_side
 from pin.images import open_image, to_mode  # noqa: F401 - open_image: the CLI's reader
 
 PAD_COLOUR = (124, 116, 104)  # close to the CLIP mean: the padding reads as "nothing"
@@ -108,7 +109,8 @@ def locate(vlm, method, image: Image.Image, query: str, grid: int,
     """Ask the frozen VLM (with a trained ``method`` of :mod:`pin.methods` - PIN's insert or a
     baseline - or raw when None) where ``query`` is in ``image``. ``Located.warning`` names query
     words the VLM cannot read."""
-    framed, framing = frame_image(image, fit)
+    side = model_side(getattr(vlm, "input_size", FRAME))  # a stand-in VLM may lack it
+    framed, framing = frame_image(image, fit, frame=side)
     codec = BoxCodec(grid)
     name = object_name(query)
     check = getattr(vlm, "vocabulary_warning", None)  # FrozenVLM's; a stand-in VLM may lack it
@@ -124,7 +126,7 @@ def locate(vlm, method, image: Image.Image, query: str, grid: int,
     answer = vlm.generate(feats, [vlm.prompt(name)], max_new_tokens=codec.max_answer_chars + 2,
                           num_beams=num_beams, **conditioning)[0]
     frame_box = codec.parse(answer)
-    box = None if frame_box is None else framing.to_picture(frame_box)
+    box = None if frame_box is None else framing.to_picture([v * side / FRAME for v in frame_box])
     return Located(query, answer, frame_box, box, framing.size, fit, warning)
 
 

@@ -52,7 +52,7 @@ class GenerateParams(Section):
     max_categories: int | None = Field(30, ge=1)  # null: every category the backend covers
     image_size: int = Field(160, ge=16)  # openmoji render size; SD output size (512) on diffusers
     # diffusers backend (paper profile)
-    model: str = "runwayml/stable-diffusion-v1-5"
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # a hub id or a local diffusers folder
     prompt: str = "a photo of a single {name}, white background"
     negative_prompt: str = ""
     steps: int = Field(50, ge=1)
@@ -65,7 +65,7 @@ class GenerateParams(Section):
 
 class FilterParams(Section):
     backend: Literal["none", "open_clip"] = "none"
-    model: str = "ViT-L-14"
+    model: str = "ViT-L-14-quickgelu"  # OpenAI's weights (pretrained: openai) were trained with QuickGELU
     pretrained: str = "openai"
     min_clip: float = 21.0  # X-Paste: keep if score >= min(min_clip, best_of_class - tolerance)
     tolerance: float = 1.0
@@ -93,6 +93,14 @@ class ComposeParams(Section):
     s_max: list[float] = [1.0, 1.0, 1.0]
     o_max: float = Field(0.5, ge=0, le=1)
     referrals: bool = False
+    # box labels: pasted (the rectangle an object was pasted into: paper, authors) or visible (its
+    # extent left after later pastes cover it, as COCO/VOC/LVIS label objects)
+    box: Literal["pasted", "visible"] = "pasted"
+    # category names in training prompts (and, read by the evaluate stage, in queries): readable
+    # ("bus (vehicle)", the offline mini VLM's vocabulary) or clean ("bus", the authors' names)
+    query_names: Literal["readable", "clean"] = "readable"
+    # appendix_d: "left dog" or "dog on the left" (50/50) and "middle"; prefix: "left dog" only
+    referral_style: Literal["appendix_d", "prefix"] = "appendix_d"
     same_type_prob: float = Field(0.7, ge=0, le=1)
     n_train: int = Field(8000, ge=0)
     n_val: int = Field(500, ge=0)
@@ -157,7 +165,9 @@ class RefCocoPaths(Section):
     annotations: str | None = None  # instances.json
     images: str | None = None  # COCO train2014 images
     split: Literal["val", "testA", "testB"] = "testA"
-    sentences: Literal["all", "first"] = "all"  # all: one query per expression (the usual protocol)
+    # last: one query per ref, its last expression (the authors' choice behind Tab. 2);
+    # all: one query per expression (the usual protocol); first: the first expression
+    sentences: Literal["last", "all", "first"] = "last"
 
 
 class EvalPaths(Section):
@@ -174,6 +184,9 @@ class EvalParams(Section):
     datasets: list[Literal["synthetic", "coco", "lvis", "pvoc", "refcoco"]] = ["synthetic"]
     paths: EvalPaths = EvalPaths()
     max_objects: int = Field(3, ge=1)  # paper, Sec. 5: images with up to 3 objects
+    # what the max_objects rule counts: every annotation (the authors: crowd/difficult included,
+    # though never queried) or only the objects that become queries
+    count: Literal["annotations", "queries"] = "annotations"
     max_queries: int | None = Field(None, ge=1)  # deterministic subsample (seed) for quick runs
     max_missing: float = Field(0.01, ge=0, le=1)  # fail if more of the selected images are absent
     batch_size: int = Field(64, ge=1)
@@ -188,7 +201,7 @@ class VLMParams(Section):
     name: Literal["mini", "openflamingo", "blip2"] = "mini"
     path: str = "models/mini_vlm"  # mini: the pretrain_vlm stage's output folder
     # paper profile: hub ids or local folders (no hub here: point these at local copies)
-    clip_model: str = "ViT-L-14"
+    clip_model: str = "ViT-L-14-quickgelu"  # OpenAI's ViT-L/14 was trained with QuickGELU
     clip_pretrained: str = "openai"
     lang_model: str = "anas-awadalla/mpt-1b-redpajama-200b-dolly"
     checkpoint: str = "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct"
@@ -232,6 +245,9 @@ class BaselinesParams(Section):
     """Sizes of the paper's baselines (Sec. 5.1); PIN's own are in ``pin``."""
 
     vpt_tokens: int = Field(100, ge=1)  # VPT on the vision encoder or the fusion network
+    # vpt_vision: the prompt tokens' encoder outputs join the fusion input (keep, the authors'
+    # code) or are dropped after the last block (drop)
+    vpt_vision_output: Literal["keep", "drop"] = "keep"
     coop_tokens: int = Field(16, ge=1)  # CoOp context tokens in the LLM input
     lora_r: int = Field(16, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
@@ -376,7 +392,7 @@ def parse_method(raw: dict, known: Collection[str]) -> str:
 
 # Top-level keys of params.yaml besides the sections: DVC refuses a file with others, and so do we
 # (a misspelled section, `trian:`, would otherwise run on defaults).
-TOP_LEVEL = ("method", "threads")
+TOP_LEVEL = ("method", "threads", "profile")
 DEFAULT_THREADS = 2  # params.yaml `threads`: what the committed metrics were made with
 
 
@@ -401,7 +417,12 @@ def load_yaml(path: str | Path = "params.yaml") -> dict:
         hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), known, 1))
                              else "") for k in unknown]
         raise ParamsError(f"{Path(path)}: unknown top-level section {', '.join(hints)}; known: {', '.join(known)}")
-    return data
+    from pin.profiles import ProfileError, apply_profile
+
+    try:
+        return apply_profile(data, Path(path).parent, SECTIONS)
+    except ProfileError as err:
+        raise ParamsError(str(err)) from None
 
 
 def load(section: str, path: str | Path = "params.yaml", cls: type[S] | None = None) -> S:

@@ -33,6 +33,7 @@ from pin.boxes import BoxCodec
 from pin.checkpoint import Checkpointer
 from pin.composed import ComposedImage
 from pin.features import compute_features, shared_features  # noqa: F401 - compute_features: scripts import it here
+from pin.frame import check_composite_size
 from pin.io import atomic_write_json, record_timing
 from pin.methods.base import Method
 from pin.vlm.base import FrozenVLM
@@ -341,6 +342,10 @@ def run_train(train_p, vlm: FrozenVLM, method: Method, grid: int, *, fingerprint
         fresh = FreshBatches(compose_p, objects_dir, filtered, train_p.seed, train_p.batch_size, rank, world)
         extra["compose"] = "fresh"
     train_images = [] if fresh else read_split_records(Path(composed_dir) / "train", limit=train_p.max_images)
+    if fresh is not None:
+        check_composite_size(compose_p.image_size, vlm.input_size)
+    elif train_images:
+        check_composite_size(min(min(im.width, im.height) for im in train_images), vlm.input_size)
     val_images = read_split_records(Path(composed_dir) / "val", limit=512)
     ckpt_dir = Path(out_dir).with_name(Path(out_dir).name + "_checkpoints")
     # a fresh log each start; a resumed run first replays the history saved in its checkpoint

@@ -1,7 +1,10 @@
-"""The paper profile's flags as the docs give them (the bash arrays ``DATA``, ``OF``, ``B2`` and
-``REF`` of docs/paper.md), turned into the rehearsal's: every path pointed at its stand-in and
-the sizes shrunk, nothing else changed. A documented path without a stand-in is an error, so a
-new flag cannot slip past the rehearsal unread."""
+"""The rehearsal's flags: the committed profile (``-S profile=<vlm>``, profiles/<vlm>.yaml as it
+is) plus what a user sets as the docs give it (the bash arrays ``DATA`` and ``WEIGHTS`` of
+docs/profiles.md: paths, hub ids, the data sets evaluated), every path pointed at its stand-in
+and the sizes shrunk, nothing else changed. A documented flag that is not a path with a
+stand-in (or the data-set list) is an error, so a protocol value cannot hide in the docs and a
+new path cannot slip past the rehearsal unread. A size the profile sets is shrunk in the
+profile file (``-S profiles/<vlm>.yaml:key=value``), the others in params.yaml."""
 from __future__ import annotations
 
 import re
@@ -9,13 +12,15 @@ import shlex
 from pathlib import Path
 
 from pin.errors import PinError
+from pin.profiles import PROFILES_DIR, profile_values
 from rehearsal.datasets import DataSets
 from rehearsal.standins import StandIns
 
 DATASETS = ("coco", "pvoc", "lvis", "refcoco")
-DOCS = ("docs/paper.md", "README.md")  # where the paper-profile arrays may live
+DOCS = ("docs/profiles.md",)  # where the arrays of what a user sets live
+ARRAYS = ("DATA", "WEIGHTS")
 
-# What the rehearsal shrinks (the documented value is replaced, or the key added): sizes only.
+# What the rehearsal shrinks (the committed value is replaced, or the key added): sizes only.
 SIZES = {
     "generate.image_size": "64", "generate.per_category": "4", "generate.max_categories": "2",
     "generate.steps": "2", "generate.batch_size": "8",
@@ -24,8 +29,18 @@ SIZES = {
     "compose.n_pretrain": "0", "compose.shard_size": "32", "compose.workers": "1",
     "train.steps": "3", "train.batch_size": "8", "train.checkpoint_every": "2", "train.log_every": "1",
     "eval.batch_size": "8", "eval.random_draws": "2", "eval.gallery_size": "4",
-    "eval.datasets": f"[{','.join(DATASETS)}]",
 }
+
+# Tab. 3 "Higher resolution" as docs/paper.md gives it, and its size at the stand-ins' scale
+# (their encoders take 32 px in patches of 8; the paper's take 224 in patches of 14): OpenFlamingo
+# at twice its input, BLIP-2 (caption-finetuned, 364) at 7 patches a side, a multiple of its grid.
+TABLE3 = {
+    "openflamingo": {"vlm.image_size": "448", "compose.image_size": "448"},
+    "blip2": {"vlm.blip2_model": "Salesforce/blip2-opt-2.7b-coco", "vlm.image_size": "364",
+              "compose.image_size": "364"},
+}
+TABLE3_SIZES = {"448": "64", "364": "56"}
+
 
 def _array(text: str, name: str) -> list[str] | None:
     """The words of the bash array ``name=( ... )`` in ``text`` (quotes and escapes honoured)."""
@@ -60,15 +75,15 @@ def _pairs(words: list[str], name: str) -> dict[str, str]:
     return out
 
 
-def documented_flags(root: Path) -> dict[str, dict[str, str]]:
-    """``DATA``, ``OF``, ``B2`` and ``REF`` of the paper profile, from the first doc holding them."""
+def documented_flags(root: Path) -> dict[str, str]:
+    """``DATA`` + ``WEIGHTS`` of docs/profiles.md: what a user sets for the paper profile."""
     for rel in DOCS:
         path = root / rel
         text = path.read_text(encoding="utf-8") if path.is_file() else ""
-        arrays = {n: _array(text, n) for n in ("DATA", "OF", "B2", "REF")}
+        arrays = {n: _array(text, n) for n in ARRAYS}
         if all(v is not None for v in arrays.values()):
-            return {n: _pairs(v, n) for n, v in arrays.items()}
-    raise PinError(f"no paper-profile arrays DATA=(...) OF=(...) B2=(...) REF=(...) in {', '.join(DOCS)}")
+            return {k: v for n in ARRAYS for k, v in _pairs(arrays[n], n).items()}
+    raise PinError(f"no arrays {'=(...) '.join(ARRAYS)}=(...) in {', '.join(DOCS)}")
 
 
 def _hydra_value(value: str) -> str:
@@ -78,7 +93,7 @@ def _hydra_value(value: str) -> str:
 
 
 def path_values(models: StandIns, data: DataSets) -> dict[str, str]:
-    """Every documented path param -> its stand-in."""
+    """Every path (or hub id) param a user sets -> its stand-in."""
     of_dir = models.of_checkpoint.parent if models.of_checkpoint else None
     return {k: str(v) for k, v in {
         "generate.model": models.sd, "filter.pretrained": models.clip_weights,
@@ -92,18 +107,33 @@ def path_values(models: StandIns, data: DataSets) -> dict[str, str]:
     }.items() if v is not None}
 
 
-def rehearsal_flags(docs: dict[str, dict[str, str]], vlm: str, models: StandIns, data: DataSets) -> list[str]:
-    """DATA + (OF | B2) + REF as documented, paths and sizes replaced; as ``-S k=v`` argv."""
-    flags = {**docs["DATA"], **docs["OF" if vlm == "openflamingo" else "B2"], **docs["REF"]}
-    if flags.get("vlm.name") != vlm:
-        raise PinError(f"the docs' {'OF' if vlm == 'openflamingo' else 'B2'} array does not set vlm.name={vlm}")
+def rehearsal_flags(docs: dict[str, str], vlm: str, models: StandIns, data: DataSets, root: Path,
+                    table3: bool = False) -> list[str]:
+    """``-S profile=<vlm>`` + the documented DATA and WEIGHTS (paths swapped) + the sizes (+ Tab.
+    3's setting); as ``-S k=v`` argv."""
+    profile = root / PROFILES_DIR / f"{vlm}.yaml"
+    if not profile.is_file():
+        raise PinError(f"no committed profile {profile}")
+    committed = profile_values(profile)
+    if committed.get("vlm.name") != vlm:
+        raise PinError(f"{profile} does not set vlm.name={vlm}")
     paths = path_values(models, data)
-    for key, value in flags.items():
+    flags = {"profile": vlm}
+    for key, value in {**docs, **(TABLE3[vlm] if table3 else {})}.items():
         if key in paths:
             flags[key] = _hydra_value(paths[key])
-        elif value.strip("'\"").startswith("/"):
-            raise PinError(f"documented flag {key}={value}: a path the rehearsal has no stand-in for")
-    flags.update(SIZES)
+        elif key == "eval.datasets":
+            flags[key] = value
+        elif table3 and key in TABLE3[vlm]:
+            flags[key] = TABLE3_SIZES[value]
+        else:
+            raise PinError(f"documented flag {key}={value}: not a path with a stand-in; a protocol value "
+                           f"belongs in {PROFILES_DIR}/<vlm>.yaml")
+    if not table3:  # dvc exp run leaves each run's params in the workspace: undo an earlier Tab. 3 run's
+        flags["vlm.image_size"] = "null"
+    sizes = {k: v for k, v in SIZES.items() if not (table3 and k in TABLE3[vlm])}
+    for key, value in sizes.items():
+        flags[f"{PROFILES_DIR}/{vlm}.yaml:{key}" if key in committed else key] = value
     tiny_clip = _hydra_value(str(models.clip_config))  # the architecture is a size: the tiny config, by path
     flags["filter.model"] = tiny_clip
     if vlm == "openflamingo":

@@ -1,9 +1,10 @@
-"""The rehearsal itself: the project's files copied into a fresh git repository, ``dvc exp run``
-with the paper profile's flags as the docs give them - only the paths (pointed at the
-stand-ins) and the sizes changed - once per VLM, then checks of what the run left.
+"""The rehearsal itself: the project's files copied into a fresh git repository, ``dvc exp run
+-S profile=<vlm>`` with the committed profile and what the docs tell a user to set - only the
+paths (pointed at the stand-ins) and the sizes changed - per VLM at the encoder's resolution and
+at Tab. 3's higher one, then checks of what each run left.
 
-The flags are read from the documentation (:mod:`rehearsal.flags`), so a flag that the docs
-get wrong fails here. Every stage process (and DVC) runs with a ``sitecustomize``
+What a user sets is read from the documentation (:mod:`rehearsal.flags`), so a flag that the
+docs get wrong fails here. Every stage process (and DVC) runs with a ``sitecustomize``
 that refuses and records any network connection, with empty HF/torch caches and the hub offline.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pin.errors import PinError
-from rehearsal.flags import DATASETS, documented_flags, rehearsal_flags
+from rehearsal.flags import DATASETS, TABLE3, documented_flags, rehearsal_flags
 from rehearsal.standins import StandIns
 
 STAGES = ("generate", "filter", "compose", "pretrain_vlm", "train", "figures")
@@ -135,7 +136,7 @@ def sha256(path: Path) -> str:
 # ------------------------------------------------------------------ one run and its checks
 @dataclass
 class RunReport:
-    vlm: str
+    vlm: str  # "blip2", or "blip2@364" for Tab. 3's setting
     seconds: float
     ran: list[str]
     skipped: list[str]
@@ -193,7 +194,8 @@ def _numel(shape) -> int:
 
 def run_vlm(repo: Path, env: dict, vlm: str, flags: list[str], say=print) -> tuple[str, float]:
     """``dvc exp run`` with ``flags``; each stage's start and summary line is passed to ``say``."""
-    cmd = [str(Path(sys.executable).parent / "dvc"), "exp", "run", "--name", f"rehearsal-{vlm}", *flags]
+    name = "rehearsal-" + re.sub(r"[^\w-]", "-", vlm)
+    cmd = [str(Path(sys.executable).parent / "dvc"), "exp", "run", "--name", name, *flags]
     start = time.perf_counter()
     lines = []
     with subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
@@ -258,27 +260,28 @@ def rehearse(work: Path, root: Path, vlms: tuple[str, ...] = ("openflamingo", "b
         raise PinError(f"the stages would import pin from {where}, not from the snapshot {repo}")
     hashes = {f: sha256(f) for f in models.files()}
     reports = []
-    for vlm in vlms:
+    for vlm, table3 in ((v, t) for v in vlms for t in (False, True)):
         p = vlm_params(vlm, models)
         before, loss_before = frozen_fingerprint(p)
-        say(f"[rehearsal] {vlm}: dvc exp run with the documented paper flags ...")
-        out, seconds = run_vlm(repo, env, vlm, rehearsal_flags(docs, vlm, models, data), say)
+        label = f"{vlm}@{TABLE3[vlm]['vlm.image_size']}" if table3 else vlm
+        say(f"[rehearsal] {label}: dvc exp run -S profile={vlm} with the documented paths ...")
+        out, seconds = run_vlm(repo, env, label, rehearsal_flags(docs, vlm, models, data, root, table3), say)
         ran, skipped = stage_lines(out)
-        report = RunReport(vlm, seconds, ran, skipped, {}, 0, output=out)
+        report = RunReport(label, seconds, ran, skipped, {}, 0, output=out)
         expected = [*STAGES, *(f"evaluate@{d}" for d in DATASETS)]
-        report.problems += [f"{vlm}: stage {s} neither ran nor was up to date" for s in expected
+        report.problems += [f"{label}: stage {s} neither ran nor was up to date" for s in expected
                             if s not in ran and s not in skipped]
-        if reports:  # a second VLM: only the VLM-independent stages may be reused
-            report.problems += [f"{vlm}: stage {s} was reused" for s in skipped if s not in ("generate", "filter")]
+        if reports:  # a later run: only the stages before compose may be reused
+            report.problems += [f"{label}: stage {s} was reused" for s in skipped if s not in ("generate", "filter")]
         elif skipped:
-            report.problems.append(f"{vlm}: first run reused stages {skipped}")
-        check_outputs(repo, vlm, report, set(before.values()))
+            report.problems.append(f"{label}: first run reused stages {skipped}")
+        check_outputs(repo, label, report, set(before.values()))
         after, loss_after = frozen_fingerprint(p)
         changed = [k for k in before if after.get(k) != before[k]]
         if changed or before.keys() != after.keys() or loss_after != loss_before:
-            report.problems.append(f"{vlm}: the frozen VLM reloads differently ({len(changed)} tensors changed, "
+            report.problems.append(f"{label}: the frozen VLM reloads differently ({len(changed)} tensors changed, "
                                    f"loss {loss_before} -> {loss_after})")
-        say(f"[rehearsal] {vlm}: {seconds:.0f}s; ran {', '.join(ran)}"
+        say(f"[rehearsal] {label}: {seconds:.0f}s; ran {', '.join(ran)}"
             + (f"; up to date: {', '.join(skipped)}" if skipped else "")
             + "; parse rates " + ", ".join(f"{d} {r}" for d, r in report.parse_rates.items()))
         reports.append(report)

@@ -1,7 +1,8 @@
 """Rehearse the paper profile on this machine: tiny random-weight stand-ins of Stable Diffusion,
 CLIP, OpenFlamingo-3B and BLIP-2 and tiny BG-20k/COCO/LVIS/VOC/RefCOCO sets, all in their real
-on-disk formats, then ``dvc exp run`` with the documented paper flags (docs/paper.md; only paths
-and sizes changed) once per VLM, in a copy of this checkout. Nothing is downloaded; any network
+on-disk formats, then ``dvc exp run -S profile=<vlm>`` with the committed profile and the paths
+docs/profiles.md tells a user to set (only paths and sizes changed), per VLM at the encoder's
+resolution and at Tab. 3's higher one, in a copy of this checkout. Nothing is downloaded; any network
 attempt fails the rehearsal. Takes a few minutes on a CPU.
 
     python scripts/rehearse_paper.py                       # both VLMs, in a temporary folder

@@ -20,6 +20,7 @@ METHOD_DIR = "models/pin"  # the train stage's output: whichever method it train
 def main() -> str:
     from accelerate import PartialState
 
+    from pin.categories import set_query_names
     from pin.eval.run import run_evaluate
     from pin.methods import METHODS, load_method
     from pin.vlm.base import resolve_device
@@ -30,7 +31,9 @@ def main() -> str:
     raw = params.load_yaml()
     eval_p = params.parse_section("eval", raw.get("eval"))
     relaunch(eval_p.processes, "eval.processes")
-    grid = params.parse_section("compose", raw.get("compose")).grid
+    compose_p = params.parse_section("compose", raw.get("compose"))
+    grid = compose_p.grid
+    set_query_names(compose_p.query_names)  # the queries say what the training prompts said
     wanted = params.parse_method(raw, METHODS)
     vlm_p = params.parse_section("vlm", raw.get("vlm"))
     # before anything touches a device: under accelerate launch, each process gets its own GPU

@@ -288,7 +288,9 @@ def test_no_incontext_learning_on_blip2(adapter):
 
 def test_higher_resolution(make_char_tokenizer):
     adapter = Blip2Adapter(*tiny_blip2(make_char_tokenizer))
+    before = adapter.input_size
     adapter.set_image_size(48)
+    assert (before, adapter.input_size) != (48, 48) and adapter.input_size == 48  # what evaluation squashes to
     assert adapter.site == InsertSite(n_positions=37, width=32, grid=6, has_cls=True)
     pixels = adapter.preprocess(images(1))
     assert pixels.shape == (1, 3, 48, 48)
@@ -297,3 +299,15 @@ def test_higher_resolution(make_char_tokenizer):
     insert = make_insert(adapter)  # an insert sized for the new grid
     assert insert().shape == (37, 32)
     assert isinstance(adapter.generate(feats, [PROMPT], insert=insert().detach(), max_new_tokens=3)[0], str)
+
+
+def test_beam_search_decodes_each_prompt_as_alone(adapter):
+    """eval.num_beams (the authors' run script: 3) through transformers' beam search."""
+    import torch
+
+    feats = adapter.patch_features(adapter.preprocess(images(2)))
+    both = adapter.generate(feats, [PROMPT, PROMPT + " the"], max_new_tokens=5, num_beams=3)
+    alone = [adapter.generate(feats[i:i + 1], [p], max_new_tokens=5, num_beams=3)[0]
+             for i, p in enumerate([PROMPT, PROMPT + " the"])]
+    assert both == alone and all(isinstance(t, str) for t in both)
+    assert torch.equal(adapter.patch_features(adapter.preprocess(images(2))), feats)

@@ -230,8 +230,8 @@ def test_stage_outputs_records_metrics_and_coco(objects, tmp_path):
                 assert o["source"].startswith("images/")
             if len(used) > 1:  # same_type_prob=1: every object shares the first one's category
                 assert len(set(used)) == 1
-                assert any(o["referral"].split(" ")[0] in ("left", "right", "top", "bottom")
-                           for o in rec["objects"])
+                assert any({"left", "right", "top", "bottom", "middle"} & set(o["referral"].split())
+                           for o in rec["objects"])  # "left dog" or "dog on the left" (App. D)
     metrics = json.loads((tmp_path / "composed.metrics.json").read_text())
     assert metrics["splits"]["train"]["images"] == 9
     assert sum(metrics["splits"]["heldout"]["objects_per_image"].values()) == 5

@@ -196,7 +196,7 @@ def refcoco(tmp_path: Path) -> dict:
 
 def test_refcoco(tmp_path):
     paths = refcoco(tmp_path)
-    qs, stats = load_queries("refcoco", cfg(refcoco=paths))
+    qs, stats = load_queries("refcoco", cfg(refcoco={**paths, "sentences": "all"}))
     assert [q.text for q in qs] == ["man on the left", "guy in red", "table top"]
     assert stats["n_refs"] == 2 and stats["n_queries"] == 3 and len({q.query_id for q in qs}) == 3
     man = next(q for q in qs if q.text == "man on the left")

@@ -40,6 +40,7 @@ class BoxReader:
 
     device = torch.device("cpu")
     supports_interleaved_images = False
+    input_size = 224
 
     def preprocess(self, images):
         return torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32)[..., 0]) for im in images])

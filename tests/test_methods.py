@@ -125,16 +125,28 @@ def test_untrained_methods():
 def test_vpt_vision_tokens_join_the_sequence_inside_the_encoder_only():
     vlm = fresh_vlm()
     method = build("vpt_vision", vlm)
+    assert method.keep  # the authors' default: the prompts' outputs join the fusion input
     lengths = []
     handle = vlm.vision_blocks[0].register_forward_hook(lambda _m, _a, out: lengths.append(out.shape[1]))
     frozen = vlm.patch_features(pixels(2))
     with torch.no_grad():
         prompted = method.features(vlm, pixels(2))
     handle.remove()
-    n_seq = vlm.site.n_positions + 1  # + CLS
-    assert lengths == [n_seq, n_seq + 5]  # frozen pass, then the 5 prompt tokens inside
-    assert prompted.shape == frozen.shape and not torch.allclose(prompted, frozen)
+    n_pos = vlm.site.n_positions
+    assert lengths == [n_pos + 1, n_pos + 1 + 5]  # frozen pass (+ CLS), then the 5 prompt tokens inside
+    assert prompted.shape == (2, n_pos + 5, frozen.shape[2])  # patches first, then the 5 prompts' outputs
+    assert not torch.allclose(prompted[:, :n_pos], frozen)
     assert torch.equal(vlm.patch_features(pixels(2)), frozen)  # hooks gone
+    with torch.no_grad():  # the perceiver reads all of them: the prompts' outputs change the answer
+        assert not torch.allclose(vlm.fuse(prompted), vlm.fuse(prompted[:, :n_pos]))
+
+    dropped = build_method("vpt_vision", vlm, InsertParams(),
+                           BaselinesParams(**TINY_BASELINES, vpt_vision_output="drop"))
+    with torch.no_grad():
+        dropped.tokens.copy_(method.tokens)
+        out = dropped.features(vlm, pixels(2))
+    assert out.shape == frozen.shape and torch.allclose(out, prompted[:, :n_pos], atol=1e-6)
+    assert dropped.config() == {"tokens": 5, "keep": False}
 
 
 def test_untrained_lora_is_the_frozen_encoder_and_is_off_outside():

@@ -88,9 +88,9 @@ def test_default_pipeline_opens_no_connection(tmp_path, no_network):
 # the paper profile, no weights anywhere, no hub: (stage, params, what the one-line error must name)
 PAPER = [
     ("generate", {"generate": {"backend": "diffusers", "max_categories": 1}},
-     ["'runwayml/stable-diffusion-v1-5'", "generate.model", "HF_HUB_OFFLINE=1"]),
+     ["'stable-diffusion-v1-5/stable-diffusion-v1-5'", "generate.model", "HF_HUB_OFFLINE=1"]),
     ("filter", {"filter": {"backend": "open_clip"}},
-     ["filter.model='ViT-L-14'", "filter.pretrained='openai'", "HF_HOME", "HF_HUB_OFFLINE=1"]),
+     ["filter.model='ViT-L-14-quickgelu'", "filter.pretrained='openai'", "HF_HOME", "HF_HUB_OFFLINE=1"]),
     ("train", {"vlm": {"name": "openflamingo"}},
      ["openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct", "anas-awadalla/mpt-1b-redpajama-200b-dolly",
       "vlm.checkpoint", "vlm.lang_model"]),

@@ -287,8 +287,9 @@ def test_bad_inputs(vlm):
         vlm.answer_loss(feats, prompts, answers, torch.zeros(3, 64))
     with pytest.raises(ValueError, match="exactly one"):
         vlm.answer_loss(feats, ["no image here", prompts[1]], answers)
-    with pytest.raises(NotImplementedError):
-        vlm.generate(feats, prompts, num_beams=3)
+    with pytest.raises(ValueError, match="num_beams"):
+        vlm.generate(feats, prompts, num_beams=0)
+    assert vlm.generate(feats, prompts, max_new_tokens=0, num_beams=3) == ["", ""]
     assert vlm.generate(feats, prompts, max_new_tokens=0) == ["", ""]
 
 
@@ -429,8 +430,9 @@ def test_higher_resolution_interpolates_the_position_embeddings(tiny_files):
     vlm = load(tiny_files)
     visual = vlm.flamingo.vision_encoder
     cls_row = visual.positional_embedding[0].clone()
+    assert vlm.input_size == 32
     vlm.set_image_size(64)
-    assert vlm.site.grid == 8 and vlm.site.n_positions == 64
+    assert vlm.site.grid == 8 and vlm.site.n_positions == 64 and vlm.input_size == 64
     assert torch.equal(visual.positional_embedding[0], cls_row) and not visual.positional_embedding.requires_grad
     from PIL import Image
 

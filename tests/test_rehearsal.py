@@ -1,9 +1,10 @@
-"""The paper profile rehearsed end to end (rehearsal, scripts/rehearse_paper.py): tiny
-random-weight stand-ins in the real on-disk formats, ``dvc exp run`` with the documented paper
-flags (only paths and sizes changed), once with OpenFlamingo and once with BLIP-2.
+"""The paper profile rehearsed end to end (rehearsal/, scripts/rehearse_paper.py): tiny
+random-weight stand-ins in the real on-disk formats, ``dvc exp run -S profile=<vlm>`` with the
+committed profile and the documented paths (only paths and sizes changed), for OpenFlamingo and
+BLIP-2, each also at Tab. 3's higher resolution.
 
-The fast tests check the documented flags against params.py and the stand-in data sets against
-the evaluation loaders; the slow one runs the whole thing (~3 minutes on 2 cores)."""
+The fast tests check the documented flags and the profiles against params.py and the stand-in
+data sets against the evaluation loaders; the slow one runs the whole thing."""
 from __future__ import annotations
 
 import json
@@ -40,18 +41,54 @@ def _apply(flags: dict[str, str]) -> dict:
     return raw
 
 
-def test_documented_paper_flags_are_valid_params():
+def _standins(tmp_path):
+    """Where the stand-ins would be (nothing written): for the flags only."""
+    from rehearsal.datasets import DataSets
+    from rehearsal.standins import StandIns
+
+    models = StandIns(*(tmp_path / n for n in ("sd", "clip.json", "clip.bin", "of/checkpoint.pt", "lm", "b2")))
+    return models, DataSets(**{f: tmp_path / f for f in DataSets.__dataclass_fields__})
+
+
+def test_documented_paths_with_each_profile_are_valid_params(tmp_path):
+    """docs/profiles.md's DATA and WEIGHTS (what a user sets) over params.yaml, with each committed
+    profile laid over them as the stages load it: every section validates, and the docs hold
+    paths, hub ids and the data-set list only (protocol values live in the profile files)."""
+    from pin.profiles import profile_values
+
     docs = doc_flags.documented_flags(ROOT)
-    assert docs["OF"]["vlm.name"] == "openflamingo" and docs["B2"]["vlm.name"] == "blip2"
-    for vlm in ("OF", "B2"):
-        raw = _apply({**docs["DATA"], **docs[vlm], **docs["REF"]})
+    path_keys = set(doc_flags.path_values(*_standins(tmp_path))) | {"eval.datasets"}
+    assert set(docs) <= path_keys, set(docs) - path_keys
+    assert docs["eval.paths.refcoco.refs"] == "'/data/refcoco/refs(unc).p'"  # Hydra-quoted in the docs
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    for vlm in ("openflamingo", "blip2"):
+        raw = _apply({**docs, "profile": vlm})
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        merged = params.load_yaml(tmp_path / "params.yaml")
         for section in ("generate", "filter", "compose", "vlm", "train", "eval"):
-            params.parse_section(section, raw[section])  # raises naming the key
-        assert raw["eval"]["paths"]["refcoco"]["refs"] == "/data/refcoco/refs(unc).p"  # Hydra-quoted in the docs
-    of = {**docs["DATA"], **docs["OF"]}
-    # open_clip's openai ViT-L/14 weights need QuickGELU; from a file open_clip would build GELU
-    assert of["filter.model"] == of["vlm.clip_model"] == "ViT-L-14-quickgelu"
-    assert of["vlm.clip_pretrained"] == of["filter.pretrained"]  # no hub: the CLIP file for OpenFlamingo too
+            params.parse_section(section, merged[section])  # raises naming the key
+        assert merged["vlm"]["name"] == vlm and merged["eval"]["paths"]["refcoco"]["refs"] == "/data/refcoco/refs(unc).p"
+        assert not set(docs) & set(profile_values(ROOT / "profiles" / f"{vlm}.yaml"))
+    paper = (ROOT / "docs" / "paper.md").read_text()
+    for vlm, overrides in doc_flags.TABLE3.items():  # what the rehearsal runs as Tab. 3 is what the docs say
+        assert " ".join(f"-S {k}={v}" for k, v in overrides.items()) in paper, vlm
+
+
+def test_rehearsal_flags_are_the_profile_with_paths_and_sizes_swapped(tmp_path):
+    models, data = _standins(tmp_path)
+    docs = doc_flags.documented_flags(ROOT)
+    for vlm, size in (("openflamingo", "64"), ("blip2", "56")):
+        for table3 in (False, True):
+            argv = doc_flags.rehearsal_flags(docs, vlm, models, data, ROOT, table3)
+            flags = dict(w.split("=", 1) for w in argv[1::2])
+            assert flags["profile"] == vlm and "vlm.name" not in flags
+            assert flags[f"profiles/{vlm}.yaml:train.steps"] == "3" and "train.steps" not in flags  # the profile's size
+            assert flags["train.batch_size"] == "8"  # a size the profile leaves to params.yaml
+            assert flags["compose.backgrounds"] == str(tmp_path / "backgrounds")
+            assert flags["vlm.image_size"] == (size if table3 else "null")  # the workspace keeps the last run's
+            assert flags["compose.image_size"] == (size if table3 else "112")
+    with pytest.raises(doc_flags.PinError, match="train.lr=0.1: not a path"):
+        doc_flags.rehearsal_flags({**docs, "train.lr": "0.1"}, "blip2", models, data, ROOT)
 
 
 def test_bash_array_parser():
@@ -118,7 +155,7 @@ def test_standin_data_sets_load_as_the_real_ones(tmp_path):
     assert got["coco"][1]["n_crowd_skipped"] == 1 and got["pvoc"][1]["n_difficult_skipped"] == 1
     assert got["lvis"][1]["n_queries_r"] == 1  # frequency groups read
     queries, stats = got["refcoco"]
-    assert {q.text for q in queries} >= {"the dog", "red car"} and stats["n_refs"] < len(queries)
+    assert {q.text for q in queries} >= {"the dog", "red car"} and stats["n_refs"] == len(queries)  # last sentence each
     assert sorted(p.name for p in d.backgrounds.iterdir())[0] == "h_00000.jpg"
 
 
@@ -131,11 +168,17 @@ def test_paper_profile_rehearsal(tmp_path):
         print(f"{r.vlm}: {r.seconds:.0f}s ran {r.ran} reused {r.skipped} parse rates {r.parse_rates}")
     problems = [p for r in reports for p in r.problems]
     assert not problems, "\n".join(problems) + "\n" + reports[-1].output[-4000:]
-    of, b2 = reports
+    of, of448, b2, b2_364 = reports
+    assert [r.vlm for r in reports] == ["openflamingo", "openflamingo@448", "blip2", "blip2@364"]
     evaluated = [f"evaluate@{d}" for d in doc_flags.DATASETS]
     assert of.ran == ["generate", "filter", "compose", "pretrain_vlm", "train", *evaluated, "figures"], of.ran
-    # the second VLM reuses only what does not depend on the VLM (compose.grid changes 16 -> 14)
-    assert b2.skipped == ["generate", "filter"] and set(b2.ran) == set(of.ran) - {"generate", "filter"}
+    # Tab. 3's runs reuse what does not depend on the image size (compose.image_size 112 -> Tab. 3's);
+    # another profile is another params file to DVC: everything reruns (generate keeps its objects)
+    for r in (of448, b2_364):
+        assert r.skipped == ["generate", "filter"] and set(r.ran) == set(of.ran) - {"generate", "filter"}, r.vlm
+    assert b2.ran == of.ran and not b2.skipped
+    # at Tab. 3's resolution the insert covers the larger patch grid (its table S grows with it)
+    assert of448.insert_params > of.insert_params and b2_364.insert_params > b2.insert_params
     for r in reports:
         assert set(r.parse_rates) == set(doc_flags.DATASETS) and all(0 <= v <= 1 for v in r.parse_rates.values())
         assert r.insert_params > 0

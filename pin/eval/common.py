@@ -115,7 +115,7 @@ def _why_none(stats: dict, cfg) -> str:
 def select(name: str, images: list[AnnImage], names: dict, cfg, stats: dict,
            apply_count_rule: bool = True) -> list[Query]:
     """Boxes cut to their image, count-rule, missing images, queries, deterministic subsample.
-    ``cfg`` is the ``eval`` params section (max_objects, max_missing, max_queries, seed)."""
+    ``cfg`` is the ``eval`` params section (max_objects, count, max_missing, max_queries, seed)."""
     stats["n_images_total"] = len(images)
     kept: list[AnnImage] = []
     for im in images:
@@ -125,9 +125,14 @@ def select(name: str, images: list[AnnImage], names: dict, cfg, stats: dict,
         for o in im.objects:
             if o.skip:
                 stats[f"n_{o.skip}_skipped"] += 1
+        # the paper's "<= 3 objects" counts every annotation (the authors' code: crowd regions and
+        # difficult objects too, so a crowded scene is left out; a box with no area or nothing in
+        # the image marks no object); eval.count=queries counts only the objects that become queries
+        counted = len(objs) if cfg.count == "queries" else sum(
+            o.skip in (None, "crowd", "difficult") for o in im.objects)
         if not objs:
             stats["n_images_empty"] += 1
-        elif apply_count_rule and len(objs) > cfg.max_objects:
+        elif apply_count_rule and counted > cfg.max_objects:
             stats["n_images_too_many"] += 1
         else:
             kept.append(AnnImage(im.image_id, im.path, im.size, objs))

@@ -1,10 +1,11 @@
 """Evaluation datasets behind one interface: ``load_queries(name, cfg) -> (queries, stats)``.
 
 Nothing is downloaded: every path is a param (``eval.paths.<dataset>``). The selection follows
-Sec. 5 of the paper: images with 1..``max_objects`` (3) annotated objects, one query per ground
-truth object, the object's readable category name as the query text. Unlike the authors' code,
-crowd regions (COCO) and ``difficult`` objects (VOC) are neither objects nor queries: they are
-skipped and counted in ``stats``. One module per format says what is particular to it:
+Sec. 5 of the paper: images with 1..``max_objects`` (3) annotations - every annotation counts,
+crowd regions (COCO) and ``difficult`` objects (VOC) included, as in the authors' code
+(``eval.count``) - and one query per ground truth object, the object's readable category name as
+the query text. Unlike the authors' code, crowd regions and difficult objects are never queries:
+they are skipped and counted in ``stats``. One module per format says what is particular to it:
 :mod:`pin.eval.coco` (COCO and the synthetic set), :mod:`pin.eval.lvis`, :mod:`pin.eval.voc`,
 :mod:`pin.eval.refcoco`; what they share (the selection, the readable name) is in
 :mod:`pin.eval.common`.

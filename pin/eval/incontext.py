@@ -20,7 +20,7 @@ from pin.progress import tqdm
 from pin.boxes import BoxCodec
 from pin.composed import ComposedImage
 from pin.eval import metrics
-from pin.frame import FRAME
+from pin.frame import model_side
 
 
 def draw_context(pool: list[ComposedImage], k: int, seed: int, repeat: int) -> list[tuple[int, int]]:
@@ -43,14 +43,15 @@ def context_text(vlm, codec: BoxCodec, pool: list[ComposedImage], drawn: list[tu
 
 @torch.no_grad()
 def context_features(vlm, pool: list[ComposedImage], drawn: list[tuple[int, int]]) -> torch.Tensor:
-    """Patch features (k, n_positions, width) of the context images, seen as the queries are (224 px)."""
-    images = [pool[i].pil().resize((FRAME, FRAME)) for i, _ in drawn]
+    """Patch features (k, n_positions, width) of the context images, seen as the queries are."""
+    side = model_side(vlm.input_size)
+    images = [pool[i].pil().resize((side, side)) for i, _ in drawn]
     return vlm.patch_features(vlm.preprocess(images)).float().cpu()
 
 
 @torch.no_grad()
 def answer_in_context(vlm, feats: torch.Tensor, rows: list[int], texts: list[str], ctx_feats: torch.Tensor,
-                      ctx_text: str, max_new_tokens: int, batch_size: int, desc: str) -> list[str]:
+                      ctx_text: str, max_new_tokens: int, batch_size: int, desc: str, num_beams: int = 1) -> list[str]:
     """Each query's answer with the context before it: features (B, k+1, n_positions, width)."""
     out: list[str] = []
     k = ctx_feats.shape[0]
@@ -58,13 +59,13 @@ def answer_in_context(vlm, feats: torch.Tensor, rows: list[int], texts: list[str
         query = feats[rows[start:start + batch_size]]
         both = torch.cat([ctx_feats.expand(len(query), k, *ctx_feats.shape[1:]), query[:, None]], dim=1)
         prompts = [ctx_text + vlm.prompt(t) for t in texts[start:start + batch_size]]
-        out += vlm.generate(both.to(vlm.device), prompts, max_new_tokens=max_new_tokens)
+        out += vlm.generate(both.to(vlm.device), prompts, max_new_tokens=max_new_tokens, num_beams=num_beams)
     return out
 
 
 def run_incontext(vlm, feats: torch.Tensor, rows: list[int], texts: list[str], pool: list[ComposedImage],
                   codec: BoxCodec, shots: tuple[int, ...], repeats: int, seed: int, max_new_tokens: int,
-                  batch_size: int) -> dict[int, list[list[str]]]:
+                  batch_size: int, num_beams: int = 1) -> dict[int, list[list[str]]]:
     """``{k: [answers of repeat 0, answers of repeat 1, ...]}``."""
     if not vlm.supports_interleaved_images:
         raise ValueError(f"{vlm.name} cannot take several images per prompt")
@@ -75,7 +76,7 @@ def run_incontext(vlm, feats: torch.Tensor, rows: list[int], texts: list[str], p
             drawn = draw_context(pool, k, seed, r)
             answers[k].append(answer_in_context(
                 vlm, feats, rows, texts, context_features(vlm, pool, drawn), context_text(vlm, codec, pool, drawn),
-                max_new_tokens, batch_size, desc=f"{k} context, draw {r + 1}/{repeats}"))
+                max_new_tokens, batch_size, desc=f"{k} context, draw {r + 1}/{repeats}", num_beams=num_beams))
     return answers
 
 

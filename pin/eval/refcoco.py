@@ -75,7 +75,7 @@ def load_refcoco(cfg) -> tuple[list[Query], dict]:
         texts = _sentences(r)
         if not texts:
             raise bad(refs_path, f"ref {r.get('ref_id', i)} has no sentences")
-        texts = texts[:1] if p.sentences == "first" else texts
+        texts = {"first": texts[:1], "last": texts[-1:]}.get(p.sentences, texts)
         obj = coco_object(a, tuple(texts))
         obj.key = f"{a['image_id']}:ref{r.get('ref_id', i)}"
         obj.skip = None if obj.skip == "crowd" else obj.skip

@@ -8,7 +8,8 @@ draws), ``constant`` (the one box with the best mean IoU on the training boxes: 
 any model that ignores the image) and ``<method>_shuffled`` (the method answering about another
 image: if it barely drops, its answers do not come from the image). ``method=incontext`` adds
 ``incontext_<k>`` rows (mean/std over context draws) instead. The model sees each image squashed
-to 224x224, the frame the box text lives in; boxes are scored in that frame and the predictions
+to a square (224x224, the frame the box text lives in, or the encoder's larger input:
+:func:`pin.frame.model_side`); boxes are scored in the 224 frame and the predictions
 file keeps them there (``pred_box``, ``gt_box``; ``gt_box_orig`` is in the original pixels).
 
 Under ``accelerate launch`` (``state``: accelerate's PartialState) process i answers batches i,
@@ -28,7 +29,7 @@ from pin.errors import PinError
 from pin.eval import baselines, metrics
 from pin.eval.datasets import load_queries
 from pin.eval.query import Query
-from pin.frame import FRAME
+from pin.frame import FRAME, model_side
 from pin.methods.base import Method
 from pin.viz.gallery import gallery, size_bucket_bars
 from pin.vlm.base import FrozenVLM
@@ -48,11 +49,12 @@ def query_features(vlm: FrozenVLM, queries: list[Query], batch_size: int
     order: dict[object, int] = {}
     unreadable: list[Path] = []
     chunks = []
+    side = model_side(vlm.input_size)
     for start in tqdm(range(0, len(distinct), batch_size), desc="encode images", unit="batch", leave=False):
         ims = []
         for key, q in distinct[start:start + batch_size]:
             try:
-                ims.append(q.load_image().resize((FRAME, FRAME)))
+                ims.append(q.load_image().resize((side, side)))
             except PinError:
                 unreadable.append(q.image_path)
                 continue
@@ -87,7 +89,7 @@ def drop_unreadable(dataset: str, queries: list[Query], rows: list[int], unreada
 @torch.no_grad()
 def answer(vlm: FrozenVLM, feats: torch.Tensor, rows: list[int], texts: list[str], conditioning: dict,
            max_new_tokens: int, batch_size: int, num_beams: int, desc: str, state=None) -> list[str]:
-    """Greedy answers; ``conditioning`` holds a method's extra inputs (``insert``, ``fusion_tokens``,
+    """Answers (greedy, or beam search with ``num_beams`` > 1); ``conditioning`` holds a method's extra inputs (``insert``, ``fusion_tokens``,
     ``lm_prefix``), empty for the raw VLM. ``state``: N processes share the batches (see the
     module docstring); every process gets all the answers."""
     world, rank = (state.num_processes, state.process_index) if state is not None else (1, 0)
@@ -231,7 +233,7 @@ def _add_incontext(results, preds, answers, vlm, method, feats, rows, texts, gt,
 
     pool = read_split_records(composed_dir / "train")
     by_k = run_incontext(vlm, feats, rows, texts, pool, codec, method.shots, method.repeats, eval_p.seed,
-                         max_new, eval_p.batch_size)
+                         max_new, eval_p.batch_size, eval_p.num_beams)
     rows_k, first = incontext_metrics(by_k, gt, image_ids, parse)
     results.update(rows_k)
     answers.update(first)

@@ -34,23 +34,26 @@ class FusionPrompts(Method):
 
 class VisionPrompts(Method):
     """VPT on the vision encoder: ``tokens`` learnable tokens join the ViT's sequence after the
-    CLS token before the first block and leave it after the last one, so the encoder's output
-    keeps its shape while every patch token has attended to them. Gradients flow through the
-    frozen encoder; hooks on its first and last block do the joining, only inside ``vision()``."""
+    CLS token before the first block. After the last block they either stay in the encoder's
+    output, moved after the patch tokens, so the fusion network reads them too (``keep``, the
+    authors' code: 100 more perceiver / Q-Former inputs), or leave it (``keep=False``: the output
+    keeps its shape and only the patch tokens carry what the prompts did). Gradients flow through
+    the frozen encoder; hooks on its first and last block do this, only inside ``vision()``."""
 
     name = "vpt_vision"
     encodes_pixels = True
 
-    def __init__(self, vlm, tokens: int = 100):
+    def __init__(self, vlm, tokens: int = 100, keep: bool = True):
         super().__init__()
         self.tokens = xavier_tokens(tokens, vlm.site.width)
+        self.keep = keep
 
     @classmethod
     def from_params(cls, vlm, pin_p, baselines_p) -> "Method":
-        return cls(vlm, tokens=baselines_p.vpt_tokens)
+        return cls(vlm, tokens=baselines_p.vpt_tokens, keep=baselines_p.vpt_vision_output == "keep")
 
     def config(self) -> dict:
-        return {"tokens": self.tokens.shape[0]}
+        return {"tokens": self.tokens.shape[0], "keep": self.keep}
 
     @contextlib.contextmanager
     def vision(self, vlm) -> Iterator[None]:
@@ -64,7 +67,8 @@ class VisionPrompts(Method):
 
         def leave(_module, _args, output):
             x = output[0] if isinstance(output, tuple) else output
-            x = torch.cat([x[:, :1], x[:, 1 + n:]], dim=1)
+            kept = [x[:, 1:1 + n]] if self.keep else []  # after the patches: their positions stay put
+            x = torch.cat([x[:, :1], x[:, 1 + n:], *kept], dim=1)
             return (x, *output[1:]) if isinstance(output, tuple) else x
 
         handles = [blocks[0].register_forward_pre_hook(join, with_kwargs=True),

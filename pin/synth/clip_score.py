@@ -67,11 +67,12 @@ class ClipScorer:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         import logging
 
-        quiet = logging.root.manager.disable
-        logging.disable(logging.ERROR)  # open_clip logs its failure too: the user gets one line, ours
-        from pin.openclip_config import open_clip_name
+        from pin.openclip_config import check_activation, open_clip_name
 
         name = open_clip_name(model, "filter.model")  # a path to a model-config JSON is registered first
+        check_activation(name, pretrained, "filter.model", "filter.pretrained")
+        quiet = logging.root.manager.disable
+        logging.disable(logging.ERROR)  # open_clip logs its failure too: the user gets one line, ours
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=pretrained, device=device

@@ -20,7 +20,8 @@ from pin.io import atomic_write_bytes, atomic_write_json
 EXT = {"jpeg": "jpg", "png": "png"}
 
 
-def export_coco(split_dir: str | Path, categories: Sequence[str], *, images_dir: str = "images") -> dict:
+def export_coco(split_dir: str | Path, categories: Sequence[str], *, images_dir: str = "images",
+                clean: bool | None = None) -> dict:
     """Write images + annotations.json for the shards in ``split_dir``; returns the COCO dict."""
     from pin.synth.shards import iter_records
 
@@ -29,7 +30,7 @@ def export_coco(split_dir: str | Path, categories: Sequence[str], *, images_dir:
     coco: dict = {
         "info": {"description": "PIN synthetic zero-shot heldout set", "image_dir": images_dir},
         "licenses": [],
-        "categories": [{"id": i, "name": query_name(c), "key": c, "supercategory": "object"}
+        "categories": [{"id": i, "name": query_name(c, clean), "key": c, "supercategory": "object"}
                        for c, i in cat_ids.items()],
         "images": [],
         "annotations": [],

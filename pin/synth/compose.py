@@ -27,7 +27,7 @@ from pin.errors import PinError
 from pin.params import ComposeParams
 from pin.synth.appearance import apply_appearance, appearance_levels
 from pin.synth.backgrounds import BackgroundBank, BackgroundSource, scan_backgrounds
-from pin.synth.layout import encode, layout, referrals, render, sample_count, to_pixels
+from pin.synth.layout import encode, layout, referrals, render, sample_count, to_pixels, visible_extent
 from pin.synth.objects import ObjectPool, load_object, load_object_pools
 from pin.synth.shards import SPLITS
 
@@ -131,9 +131,13 @@ class Composer:
         levels = appearance_levels(seed, boxes, p, split)
         pictures = [apply_appearance(c[2], *lv, grid=p.grid) if lv else c[2] for c, lv in zip(chosen, levels)]
         canvas = render(background, pictures, boxes, p)
+        if p.box == "visible":  # labels: what later pastes leave of each object (pasting is unchanged)
+            boxes = visible_extent(boxes)
         cats = [pool.categories[c[0]] for c in chosen]
         px = [to_pixels(b, p) for b in boxes]
-        refs = referrals(cats, px) if p.referrals else [query_name(c) for c in cats]
+        clean = p.query_names == "clean"
+        refs = (referrals(cats, px, clean, p.referral_style, rng) if p.referrals
+                else [query_name(c, clean) for c in cats])
         objects = [
             {"category": cat, "box": list(pb), "grid_box": list(gb), "referral": ref, "source": c[1],
              "appearance": list(lv)}
@@ -350,7 +354,7 @@ def run_compose(
                 pool.shutdown(wait=True, cancel_futures=True)
             _reset_worker()
 
-    export_coco(out_dir / "heldout", pools["heldout"].categories)
+    export_coco(out_dir / "heldout", pools["heldout"].categories, clean=p.query_names == "clean")
     metrics = collect_metrics(out_dir, p, pools, backgrounds)
     if metrics_path is not None:
         atomic_write_json(metrics_path, metrics)

@@ -47,7 +47,7 @@ def collect_metrics(out_dir: str | Path, p: ComposeParams, pools: dict[str, Obje
             "object_read_failures": meta["object_read_failures"],
             "background_read_failures": meta["background_read_failures"],
             "positional_referrals": sum(
-                1 for o in objs for ob in o if ob["referral"] != query_name(ob["category"])),
+                1 for o in objs for ob in o if ob["referral"] != query_name(ob["category"], p.query_names == "clean")),
         }
     return {
         "splits": splits,

@@ -24,8 +24,10 @@ C(I_b, r, a_max, s_min, s_max, o_max) pastes objects on a background image I_b:
   smaller count (a = 1 always fits).
 
 Referrals (Appendix D, ``compose.referrals``): an object whose category occurs several times in
-the image gets a positional word from the axis with the largest centre difference ("left dog",
-see :func:`referrals`). Everything random is drawn from the ``numpy.random.Generator`` passed in.
+the image gets a positional word from the axis with the largest centre difference, phrased
+"left dog" or "dog on the left" (drawn 50/50), and "middle dog" / "dog in the middle" when it lies
+between its peers (``compose.referral_style: appendix_d``; ``prefix``: the prefix form only and
+a bare name in the middle; see :func:`referrals`). Everything random is drawn from the ``numpy.random.Generator`` passed in.
 """
 from __future__ import annotations
 
@@ -70,6 +72,24 @@ def occlusion(boxes: Sequence[Box]) -> list[float]:
     """The overlap measure bounded by o_max: for each box (in paste order), the fraction of it
     covered by the union of the boxes pasted after it."""
     return [covered_fraction(b, boxes[k + 1:]) for k, b in enumerate(boxes)]
+
+
+def visible_extent(boxes: Sequence[Box]) -> list[Box]:
+    """Each box (in paste order) cut to what the boxes pasted after it leave visible: the bounding
+    box, in grid cells, of its cells outside their union (``compose.box: visible``; COCO, VOC and
+    LVIS label the visible extent). Measured on the boxes, not the objects' alpha; o_max < 1
+    always leaves a part, and a box covered completely keeps its pasted extent."""
+    out = []
+    for k, (i1, j1, i2, j2) in enumerate(boxes):
+        free = np.ones((j2 - j1, i2 - i1), dtype=bool)
+        for o1, p1, o2, p2 in boxes[k + 1:]:
+            a, b, c, d = max(i1, o1), max(j1, p1), min(i2, o2), min(j2, p2)
+            if a < c and b < d:
+                free[b - j1:d - j1, a - i1:c - i1] = False
+        ys, xs = np.nonzero(free)
+        out.append((i1 + int(xs.min()), j1 + int(ys.min()), i1 + int(xs.max()) + 1, j1 + int(ys.max()) + 1)
+                   if len(xs) else (i1, j1, i2, j2))
+    return out
 
 
 def _fits(boxes: list[Box], new: Box, o_max: float) -> bool:
@@ -142,19 +162,30 @@ def encode(canvas: Image.Image, fmt: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def referrals(categories: Sequence[str], boxes: Sequence[Sequence[int]]) -> list[str]:
-    """Referral text per object: the query name, prefixed by left/right/top/bottom when the
-    category occurs several times. For object k among its same-category peers, the margin of a
-    direction is how far k's centre lies beyond ALL peers' centres on that axis (e.g. "left":
-    min over peers of peer_cx - k_cx); the direction with the largest positive margin wins. With
-    two instances this is exactly the axis with the largest centre difference. An object that is
-    extreme in no direction (the middle of three on both axes, or equal centres) keeps the bare
-    name: no positional word would single it out."""
+def phrase(word: str, name: str, suffix: bool) -> str:
+    """"left dog" or "dog on the left" ("middle dog" / "dog in the middle")."""
+    if not suffix:
+        return f"{word} {name}"
+    return f"{name} in the middle" if word == "middle" else f"{name} on the {word}"
+
+
+def referrals(categories: Sequence[str], boxes: Sequence[Sequence[int]], clean: bool | None = None,
+              style: str = "prefix", rng: np.random.Generator | None = None) -> list[str]:
+    """Referral text per object: the query name, with left/right/top/bottom when the category
+    occurs several times. For object k among its same-category peers, the margin of a direction
+    is how far k's centre lies beyond ALL peers' centres on that axis (e.g. "left": min over
+    peers of peer_cx - k_cx); the direction with the largest positive margin wins. With two
+    instances this is exactly the axis with the largest centre difference.
+
+    ``style="prefix"``: "left dog"; an object extreme in no direction (the middle of three on
+    both axes, or equal centres) keeps the bare name. ``style="appendix_d"`` (the paper's App. D):
+    "left dog" or "dog on the left", drawn 50/50 from ``rng``, and "middle" for an object with
+    peers on both sides of it on some axis (equal centres still keep the bare name)."""
     cx = [(b[0] + b[2]) / 2 for b in boxes]
     cy = [(b[1] + b[3]) / 2 for b in boxes]
     out = []
     for k, cat in enumerate(categories):
-        name = query_name(cat)
+        name = query_name(cat, clean)
         peers = [m for m, c in enumerate(categories) if c == cat and m != k]
         if not peers:
             out.append(name)
@@ -166,11 +197,22 @@ def referrals(categories: Sequence[str], boxes: Sequence[Sequence[int]]) -> list
             "bottom": min(cy[k] - cy[m] for m in peers),
         }
         word, margin = max(margins.items(), key=lambda kv: kv[1])  # ties: first in that order
-        out.append(f"{word} {name}" if margin > 0 else name)
+        if margin <= 0:
+            if style != "appendix_d" or not _between(k, peers, cx, cy):
+                out.append(name)
+                continue
+            word = "middle"
+        suffix = style == "appendix_d" and rng is not None and rng.random() < 0.5
+        out.append(phrase(word, name, suffix))
     return out
+
+
+def _between(k: int, peers: Sequence[int], cx: Sequence[float], cy: Sequence[float]) -> bool:
+    """Some peer lies before and some after object k on one axis."""
+    return any(min(c[m] for m in peers) < c[k] < max(c[m] for m in peers) for c in (cx, cy))
 
 
 __all__ = [
     "Box", "layout", "sample_count", "snap_size", "covered_fraction", "occlusion", "render", "paste",
-    "to_pixels", "encode", "referrals",
+    "to_pixels", "encode", "referrals", "phrase", "visible_extent",
 ]

@@ -132,6 +132,12 @@ class FrozenVLM(ABC):
         """Batched decoding (KV cache), stopping at the end token; returns only the new text.
         Callers pass ``max_new_tokens`` from the box codec's longest answer."""
 
+    @property
+    def input_size(self) -> int:
+        """The side, in pixels, of the square picture the vision encoder takes (grows with
+        :meth:`set_image_size`): pictures reaching it should carry that many pixels."""
+        raise NotImplementedError(f"{self.name}: input_size")
+
     def set_image_size(self, image_size: int) -> None:
         """Run the vision encoder at ``image_size`` pixels (interpolated position embeddings,
         paper Tab. 3 "Higher resolution"); the patch grid and ``site`` grow with it."""

@@ -120,6 +120,11 @@ class Blip2Adapter(FrozenVLM):
     def lm_input_embeddings(self) -> torch.nn.Embedding:
         return self.model.language_model.get_input_embeddings()
 
+    @property
+    def input_size(self) -> int:
+        size = self.image_processor.size  # a dict or transformers' SizeDict
+        return int(size["height"] if isinstance(size, dict) else size.height)
+
     def set_image_size(self, image_size: int) -> None:
         """transformers' own ``interpolate_pos_encoding`` resamples the position embeddings."""
         import copy
@@ -205,14 +210,16 @@ class Blip2Adapter(FrozenVLM):
         projection: (B, Q, D)."""
         m = self.model
         x = features.to(self.device)
-        if x.shape[1:] != (self.site.n_positions, self.site.width):
+        # rows after the n_positions patch rows (a vision-encoder prompt's outputs) go in as they are
+        if x.ndim != 3 or x.shape[1] < self.site.n_positions or x.shape[2] != self.site.width:
             want = f"(B, {self.site.n_positions}, {self.site.width})"
             raise ValueError(f"features of shape {tuple(x.shape)}, want {want}")
         if insert is not None:
-            if insert.shape[-2:] != x.shape[1:]:
+            if tuple(insert.shape[-2:]) != (self.site.n_positions, self.site.width):
                 raise ValueError(f"insert of shape {tuple(insert.shape)} does not match features {tuple(x.shape)}")
             # the sum in fp32: a small insert is not lost to fp16 rounding of the features
-            x = x.float() + insert.to(self.device).float()
+            pad = torch.nn.functional.pad(insert.to(self.device).float(), (0, 0, 0, x.shape[1] - self.site.n_positions))
+            x = x.float() + pad
         if fusion_tokens is not None:
             if fusion_tokens.ndim != 2 or fusion_tokens.shape[1] != self.site.width:
                 raise ValueError(f"fusion_tokens must be (n, {self.site.width}), got {tuple(fusion_tokens.shape)}")

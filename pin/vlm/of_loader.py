@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ class OpenFlamingoProfile:
 OPENFLAMINGO_3B = OpenFlamingoProfile(
     checkpoint_id="openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct",
     checkpoint_file="checkpoint.pt",
-    clip_model="ViT-L-14",
+    clip_model="ViT-L-14-quickgelu",  # OpenAI's weights were trained with QuickGELU
     clip_pretrained="openai",
     lang_id="anas-awadalla/mpt-1b-redpajama-200b-dolly",
     cross_attn_every_n_layers=1,
@@ -68,7 +69,7 @@ def build_openflamingo(
       fix MPT-1B needs only when the path contains that string);
     * ``tokenizer_dir``: defaults to ``lang_dir``;
     * ``clip_model`` / ``clip_pretrained`` (params ``vlm.clip_model`` / ``vlm.clip_pretrained``):
-      open_clip ``ViT-L-14`` with ``openai`` weights, which open_clip must find in its local
+      open_clip ``ViT-L-14-quickgelu`` with ``openai`` weights, which open_clip must find in its local
       cache (``HF_HUB_OFFLINE=1``), or a path to the weights file.
 
     ``ln_patch_tokens=False`` (default) feeds the perceiver patch tokens *without* the
@@ -90,7 +91,9 @@ def build_openflamingo(
     """
     import open_flamingo
 
-    tokenizer_dir = tokenizer_dir if tokenizer_dir is not None else lang_dir
+    checkpoint = from_hub(checkpoint, profile.checkpoint_file)
+    lang_dir = from_hub(lang_dir)
+    tokenizer_dir = from_hub(tokenizer_dir) if tokenizer_dir is not None else lang_dir
     if checkpoint is not None and Path(checkpoint).is_dir():
         checkpoint = Path(checkpoint) / profile.checkpoint_file
     _check_inputs(profile, checkpoint, lang_dir, tokenizer_dir, clip_pretrained)
@@ -104,9 +107,10 @@ def build_openflamingo(
                 f"rename it, e.g. to .../{profile.lang_id.split('/')[-1]}"
             )
         decoder_layers_attr_name = decoder_layers_attr_name or "transformer.blocks"
-    from pin.openclip_config import open_clip_name
+    from pin.openclip_config import check_activation, open_clip_name
 
     clip_name = open_clip_name(clip_model, f"{PARAMS_PREFIX}.clip_model")  # a config JSON path is registered
+    check_activation(clip_name, clip_pretrained, f"{PARAMS_PREFIX}.clip_model", f"{PARAMS_PREFIX}.clip_pretrained")
     # the factory passes trust_remote_code=True: our registered mosaic_gpt classes win over the
     # folder's auto_map, so MPT-1B's remote code is never imported
     from pin.vlm.mpt import register_mosaic_gpt
@@ -139,6 +143,27 @@ def build_openflamingo(
     return flamingo, processor, tokenizer
 
 
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def from_hub(value: str | Path | None, filename: str | None = None) -> str | Path | None:
+    """A hub id (``openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct``) that is not a local
+    path -> its local copy: ``filename`` from the repository, or the repository's snapshot folder,
+    downloaded into the Hugging Face cache (read from it with ``HF_HUB_OFFLINE=1``). A local path,
+    or an id the hub and the cache cannot give, is returned as it is (the caller's checks name it)."""
+    if value is None or Path(value).exists() or not _HUB_ID.match(str(value)):
+        return value
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        if filename is not None:
+            return hf_hub_download(str(value), filename)
+        return snapshot_download(str(value))
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated: the missing-weights message follows
+        log.info("%s: not on the hub or in its cache (%s)", value, type(err).__name__)
+        return value
+
+
 def _missing_weights(profile: OpenFlamingoProfile, what: str) -> PinError:
     p = PARAMS_PREFIX
     return PinError(
@@ -147,7 +172,8 @@ def _missing_weights(profile: OpenFlamingoProfile, what: str) -> PinError:
         f"tokenizer) and open_clip {profile.clip_model}/{profile.clip_pretrained}; set "
         f"{p}.checkpoint to the checkpoint file, {p}.lang_model to the language model's folder "
         f"(and {p}.clip_pretrained to a weights file unless open_clip has '{profile.clip_pretrained}' "
-        f"cached), or use the offline {p}.name=mini"
+        f"cached) - hub ids work where the hub, or its cache with HF_HUB_OFFLINE=1, has them - or use the "
+        f"offline {p}.name=mini"
     )
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pin.vlm.base import FrozenVLM, freeze
-from pin.vlm.greedy import greedy_decode
+from pin.vlm.greedy import beam_decode, greedy_decode
 from pin.vlm.of_parts import lm_takes_position_ids, set_gates, site_of  # noqa: F401
 from pin.vlm.of_loader import build_openflamingo
 from pin.vlm.of_text import (  # noqa: F401  (the adapter's text vocabulary, re-exported for callers)
@@ -149,10 +149,11 @@ class OpenFlamingoAdapter(FrozenVLM):
         fusion_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``perceiver(features + insert [; fusion_tokens])``: ``(B, n_positions, width)`` (one
-        image) or ``(B, T, n_positions, width)`` (T images) -> ``(B, T, latents, width)``."""
+        image) or ``(B, T, n_positions, width)`` (T images) -> ``(B, T, latents, width)``. Rows
+        after the ``n_positions`` patch rows (a vision-encoder prompt's outputs) go in as they are."""
         site = self.site
         x = features[:, None] if features.ndim == 3 else features
-        if x.ndim != 4 or tuple(x.shape[2:]) != (site.n_positions, site.width):
+        if x.ndim != 4 or x.shape[2] < site.n_positions or x.shape[3] != site.width:
             raise ValueError(
                 f"features must be (B, {site.n_positions}, {site.width}) or (B, T, {site.n_positions}, "
                 f"{site.width}), got {tuple(features.shape)}"
@@ -163,7 +164,8 @@ class OpenFlamingoAdapter(FrozenVLM):
                 raise ValueError(
                     f"insert must be ({site.n_positions}, {site.width}), got {tuple(insert.shape)}"
                 )
-            x = x + insert.to(device=x.device, dtype=torch.float32)  # added in fp32
+            rows = (0, 0, 0, x.shape[2] - site.n_positions)  # nothing added to rows after the patches
+            x = x + F.pad(insert.to(device=x.device, dtype=torch.float32), rows)  # added in fp32
         if fusion_tokens is not None:
             if fusion_tokens.ndim != 2 or fusion_tokens.shape[1] != site.width:
                 raise ValueError(f"fusion_tokens must be (n, {site.width}), got {tuple(fusion_tokens.shape)}")
@@ -255,7 +257,7 @@ class OpenFlamingoAdapter(FrozenVLM):
         out = visual(pixels.to(device=self.device, dtype=next(visual.parameters()).dtype))
         tokens = out[1]
         want = (self.site.n_positions, self.site.width)
-        if tuple(tokens.shape[1:]) != want:
+        if tokens.ndim != 3 or tokens.shape[1] < want[0] or tokens.shape[2] != want[1]:
             raise RuntimeError(f"vision encoder gave tokens {tuple(tokens.shape)}, expected (B, *{want})")
         return tokens
 
@@ -283,6 +285,10 @@ class OpenFlamingoAdapter(FrozenVLM):
     @property
     def lm_input_embeddings(self) -> torch.nn.Embedding:
         return self.flamingo.lang_encoder.get_input_embeddings()
+
+    @property
+    def input_size(self) -> int:
+        return int(self.flamingo.vision_encoder.image_size[0])
 
     def set_image_size(self, image_size: int) -> None:
         from pin.vlm.resolution import interpolate_open_clip, resized_processor
@@ -340,10 +346,11 @@ class OpenFlamingoAdapter(FrozenVLM):
         fusion_tokens: torch.Tensor | None = None,
         lm_prefix: torch.Tensor | None = None,
     ) -> list[str]:
-        """Greedy decoding; ``use_cache=False`` recomputes the whole sequence at every step (the
-        reference the cached path is tested against)."""
-        if num_beams != 1:
-            raise NotImplementedError("only greedy decoding (num_beams=1) is implemented")
+        """Greedy decoding, or beam search with ``num_beams`` > 1 (``eval.num_beams``; the
+        authors' run script uses 3); ``use_cache=False`` recomputes the whole sequence at every
+        step (the reference the cached path is tested against)."""
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
         if len(features) != len(prompts):
             raise ValueError(f"{len(features)} feature rows but {len(prompts)} prompts")
         if not prompts:
@@ -351,10 +358,12 @@ class OpenFlamingoAdapter(FrozenVLM):
         n_slots = 0 if lm_prefix is None else lm_prefix.shape[0]
         with torch.no_grad():
             ids, mask = self._left_padded(self._prompt_ids(prompts, self._n_images(features), n_slots))
-            prefix = self._slots(ids, lm_prefix)
             vis = self.fuse(features, insert, fusion_tokens)
+            if num_beams > 1:  # each prompt and its image once per beam
+                ids, mask, vis = (t.repeat_interleave(num_beams, 0) for t in (ids, mask, vis))
+            prefix = self._slots(ids, lm_prefix)
             with self._conditioned(vis, keep_media_locations=True):
-                new = self._greedy(ids, mask, max_new_tokens, use_cache, prefix)
+                new = self._greedy(ids, mask, max_new_tokens, use_cache, prefix, num_beams)
         stops = set(self.stop_token_ids)
         texts = []
         for row in new.tolist():
@@ -365,10 +374,13 @@ class OpenFlamingoAdapter(FrozenVLM):
         return texts
 
     def _greedy(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, use_cache: bool,
-                prefix=None) -> torch.Tensor:
+                prefix=None, num_beams: int = 1) -> torch.Tensor:
         def step(step_ids, mask, positions, past, use_cache):
             return self._lm(step_ids, mask, positions, past=past, use_cache=use_cache, prefix=prefix)
 
+        if num_beams > 1:
+            return beam_decode(step, ids, mask, self._positions(mask), max_new_tokens, use_cache,
+                               self.stop_token_ids, self.pad_token_id, num_beams)
         return greedy_decode(step, ids, mask, self._positions(mask), max_new_tokens, use_cache,
                              self.stop_token_ids, self.pad_token_id)
 
