@@ -6,43 +6,17 @@ the wrong type stops that stage with a message naming the key (``compose.o_max: 
 from __future__ import annotations
 
 import re
-import types
-import typing
 from collections.abc import Collection
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pin.params_file import ParamsError, read_mapping  # noqa: F401 - ParamsError: part of this module's API
 
 
-def _numeric(annotation) -> bool:
-    """int / float / an optional one (not bool: pydantic's lax mode would read `true` as 1)."""
-    if annotation in (int, float):
-        return True
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = typing.get_args(annotation)
-        return bool not in args and any(_numeric(a) for a in args)
-    return False
-
-
-class Section(BaseModel):
-    """A params.yaml section. Validators name their key by starting the message with it
-    (``"grid: must divide ..."``); :func:`_format_error` prefixes the section."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, data):
-        # pydantic's lax mode reads `true` as 1: for a number that is a typo, not a value
-        if isinstance(data, dict):
-            for key, value in data.items():
-                field = cls.model_fields.get(key)
-                if isinstance(value, bool) and field is not None and _numeric(field.annotation):
-                    raise ValueError(f"{key}: Input should be a number, not a boolean (got {value!r})")
-        return data
+from pin.params_base import Section
+from pin.params_eval import CocoPaths, EvalParams, EvalPaths, RefCocoPaths, VocPaths  # noqa: F401 - re-exported
 
 
 class GenerateParams(Section):
@@ -146,55 +120,6 @@ class ComposeParams(Section):
         lo = math.ceil(self.s_min[a - 1] * self.grid - 1e-9)
         hi = math.floor(self.s_max[a - 1] * self.grid + 1e-9)
         return max(1, lo), min(self.grid, hi)
-
-
-class CocoPaths(Section):
-    """A COCO-format annotation file (COCO, LVIS, our synthetic set) and the image folder."""
-
-    annotations: str | None = None
-    images: str | None = None  # LVIS: a folder of all images, or the COCO root with train2017/, val2017/
-
-
-class VocPaths(Section):
-    root: str | None = None  # the VOC2007 folder: Annotations/, JPEGImages/, ImageSets/Main/<split>.txt
-    split: Literal["test", "val", "train", "trainval"] = "test"  # paper: VOC2007 test
-
-
-class RefCocoPaths(Section):
-    refs: str | None = None  # refs(unc).p
-    annotations: str | None = None  # instances.json
-    images: str | None = None  # COCO train2014 images
-    split: Literal["val", "testA", "testB"] = "testA"
-    # last: one query per ref, its last expression (the authors' choice behind Tab. 2);
-    # all: one query per expression (the usual protocol); first: the first expression
-    sentences: Literal["last", "all", "first"] = "last"
-
-
-class EvalPaths(Section):
-    synthetic: CocoPaths = CocoPaths(
-        annotations="data/composed/heldout/annotations.json", images="data/composed/heldout/images"
-    )
-    coco: CocoPaths = CocoPaths()
-    lvis: CocoPaths = CocoPaths()
-    pvoc: VocPaths = VocPaths()
-    refcoco: RefCocoPaths = RefCocoPaths()
-
-
-class EvalParams(Section):
-    datasets: list[Literal["synthetic", "coco", "lvis", "pvoc", "refcoco"]] = ["synthetic"]
-    paths: EvalPaths = EvalPaths()
-    max_objects: int = Field(3, ge=1)  # paper, Sec. 5: images with up to 3 objects
-    # what the max_objects rule counts: every annotation (the authors: crowd/difficult included,
-    # though never queried) or only the objects that become queries
-    count: Literal["annotations", "queries"] = "annotations"
-    max_queries: int | None = Field(None, ge=1)  # deterministic subsample (seed) for quick runs
-    max_missing: float = Field(0.01, ge=0, le=1)  # fail if more of the selected images are absent
-    batch_size: int = Field(64, ge=1)
-    num_beams: int = Field(1, ge=1)
-    random_draws: int = Field(10, ge=1)  # paper: random baselines averaged over 10 runs
-    gallery_size: int = Field(16, ge=0)
-    seed: int = 0
-    processes: int = Field(1, ge=1, exclude=True)  # > 1: under `accelerate launch` (pin.launch)
 
 
 class VLMParams(Section):
