@@ -252,14 +252,7 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
 
     u8, probe_u8 = pixels if pixels is not None else (pixels_uint8(p.image_size, images),
                                                        pixels_uint8(p.image_size, probe))
-    index = {name: i for i, name in enumerate(vocabulary)}
-    labels = multi_hot(images, index)
-    probe_labels = multi_hot(probe, index)
-    groups = (labels.shape[1],)
-    if p.vision_levels:
-        labels = torch.cat([labels, level_hot(images, grid)], 1)
-        probe_labels = torch.cat([probe_labels, level_hot(probe, grid)], 1)
-        groups = (groups[0], grid, grid)
+    labels, probe_labels, groups = _vision_labels(p, images, probe, vocabulary, grid)
     if p.vision_from:  # the donor's tower and its measured mAP
         vis = VisionResult(0, 0.0, float("nan"), donor_map)
     else:
@@ -278,21 +271,8 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
     report = recognition_report(adapter, probe_feats, [facts_of(im) for im in probe], vocabulary, seed=p.seed,
                                 recipe=recipe)
     flamingo.to("cpu")
-    metrics = {
-        "source": "train",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "vision": {"steps": vis.steps, "final_loss": _finite(vis.final_loss), "heldout_map": _finite(vis.map),
-                   **({"heldout_level_map": _finite(vis.level_map)} if p.vision_levels else {}),
-                   **({"kept_from": p.vision_from} if p.vision_from else {})},
-        "language": {"steps": lang.steps, "final_loss": round(lang.final_loss, 4)},
-        "recognition_heldout": report,
-        "n_parameters": count_parameters(flamingo),
-        "n_images": len(images),
-        "n_categories": len(vocabulary),
-        "recipe": {"slot": p.slot, "text_mix": dict(p.text_mix), "xattn_every": p.xattn_every,
-                   "latents": p.latents, "numbers": p.numbers, "vision_from": p.vision_from,
-                   "vision_levels": p.vision_levels},
-    }
+    metrics = _pretrain_metrics(p, device, vis, lang, report, count_parameters(flamingo), len(images),
+                                len(vocabulary))
     meta = {"vocabulary": vocabulary, "pretrain_images": len(images), "pretrain_metrics": metrics}
     save_mini(out_dir, flamingo, tokenizer, config, meta=meta)
     atomic_write_json(metrics_path, metrics)
@@ -302,3 +282,38 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
     return (f"{count_parameters(flamingo):,} params; vision mAP {vis.map:.3f}; captions P/R "
             f"{report['caption_precision']:.2f}/{report['caption_recall']:.2f}; yes/no {report['qa_exists']}; "
             f"vision {vis.seconds:.0f}s, language {lang.seconds:.0f}s")
+
+
+def _vision_labels(p, images, probe, vocabulary: list[str], grid: int):
+    """The vision tower's targets for the pretrain and probe images - each image's categories,
+    plus its objects' grid levels with ``p.vision_levels`` - and the sizes of their groups."""
+    index = {name: i for i, name in enumerate(vocabulary)}
+    labels = multi_hot(images, index)
+    probe_labels = multi_hot(probe, index)
+    groups = (labels.shape[1],)
+    if p.vision_levels:
+        labels = torch.cat([labels, level_hot(images, grid)], 1)
+        probe_labels = torch.cat([probe_labels, level_hot(probe, grid)], 1)
+        groups = (groups[0], grid, grid)
+    return labels, probe_labels, groups
+
+
+def _pretrain_metrics(p, device: torch.device, vis, lang, report: dict, n_parameters: int, n_images: int,
+                      n_categories: int) -> dict:
+    """What :func:`pretrain_mini` writes to its metrics file and the model's meta: no timings,
+    so every run writes the same bytes."""
+    return {
+        "source": "train",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "vision": {"steps": vis.steps, "final_loss": _finite(vis.final_loss), "heldout_map": _finite(vis.map),
+                   **({"heldout_level_map": _finite(vis.level_map)} if p.vision_levels else {}),
+                   **({"kept_from": p.vision_from} if p.vision_from else {})},
+        "language": {"steps": lang.steps, "final_loss": round(lang.final_loss, 4)},
+        "recognition_heldout": report,
+        "n_parameters": n_parameters,
+        "n_images": n_images,
+        "n_categories": n_categories,
+        "recipe": {"slot": p.slot, "text_mix": dict(p.text_mix), "xattn_every": p.xattn_every,
+                   "latents": p.latents, "numbers": p.numbers, "vision_from": p.vision_from,
+                   "vision_levels": p.vision_levels},
+    }
