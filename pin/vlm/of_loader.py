@@ -91,26 +91,53 @@ def build_openflamingo(
     """
     import open_flamingo
 
+    checkpoint, lang_dir, tokenizer_dir = _local_inputs(checkpoint, lang_dir, tokenizer_dir, clip_pretrained, profile)
+    if _model_type(lang_dir) in {"mosaic_gpt", "mpt"}:
+        decoder_layers_attr_name = _mpt_decoder_layers(lang_dir, decoder_layers_attr_name, profile)
+    from pin.openclip_config import check_activation, open_clip_name
+
+    clip_name = open_clip_name(clip_model, f"{PARAMS_PREFIX}.clip_model")  # a config JSON path is registered
+    check_activation(clip_name, clip_pretrained, f"{PARAMS_PREFIX}.clip_model", f"{PARAMS_PREFIX}.clip_pretrained")
+    flamingo, processor, tokenizer = _create(
+        open_flamingo.create_model_and_transforms, clip_name, clip_model, clip_pretrained, lang_dir, tokenizer_dir,
+        cross_attn_every_n_layers, decoder_layers_attr_name)
+    # the released format (trainable weights only, aliases absent) or a full state_dict()
+    load_checkpoint(flamingo, Path(checkpoint))
+    flamingo.vision_encoder.final_ln_after_pool = not ln_patch_tokens
+    # transformers 5 loads the LM in its config's torch_dtype while open_flamingo builds the
+    # perceiver and cross-attention in fp32: one dtype for the whole model, fp32 unless asked
+    flamingo.to(device=device, dtype=dtype if dtype is not None else torch.float32)
+    return flamingo, processor, tokenizer
+
+
+def _local_inputs(checkpoint, lang_dir, tokenizer_dir, clip_pretrained: str,
+                  profile: OpenFlamingoProfile) -> tuple[str | Path | None, Path, Path]:
+    """The checkpoint file and the language and tokenizer folders on local disk (hub ids resolved
+    from the cache, a checkpoint folder to its file), checked before anything is built."""
     checkpoint = from_hub(checkpoint, profile.checkpoint_file)
     lang_dir = from_hub(lang_dir)
     tokenizer_dir = from_hub(tokenizer_dir) if tokenizer_dir is not None else lang_dir
     if checkpoint is not None and Path(checkpoint).is_dir():
         checkpoint = Path(checkpoint) / profile.checkpoint_file
     _check_inputs(profile, checkpoint, lang_dir, tokenizer_dir, clip_pretrained)
-    lang_dir, tokenizer_dir = Path(lang_dir), Path(tokenizer_dir)
-    model_type = _model_type(lang_dir)
-    if model_type in {"mosaic_gpt", "mpt"}:
-        if "mpt-1b-redpajama-200b" not in str(lang_dir):
-            raise PinError(
-                f"{PARAMS_PREFIX}.lang_model={lang_dir}: an MPT-1B folder must keep "
-                f"'mpt-1b-redpajama-200b' in its path (open_flamingo keys its MPT fix on it); "
-                f"rename it, e.g. to .../{profile.lang_id.split('/')[-1]}"
-            )
-        decoder_layers_attr_name = decoder_layers_attr_name or "transformer.blocks"
-    from pin.openclip_config import check_activation, open_clip_name
+    return checkpoint, Path(lang_dir), Path(tokenizer_dir)
 
-    clip_name = open_clip_name(clip_model, f"{PARAMS_PREFIX}.clip_model")  # a config JSON path is registered
-    check_activation(clip_name, clip_pretrained, f"{PARAMS_PREFIX}.clip_model", f"{PARAMS_PREFIX}.clip_pretrained")
+
+def _mpt_decoder_layers(lang_dir: Path, decoder_layers_attr_name: str | None, profile: OpenFlamingoProfile) -> str:
+    """An MPT language folder's decoder-layers attribute, once its path passes open_flamingo's check."""
+    if "mpt-1b-redpajama-200b" not in str(lang_dir):
+        raise PinError(
+            f"{PARAMS_PREFIX}.lang_model={lang_dir}: an MPT-1B folder must keep "
+            f"'mpt-1b-redpajama-200b' in its path (open_flamingo keys its MPT fix on it); "
+            f"rename it, e.g. to .../{profile.lang_id.split('/')[-1]}"
+        )
+    return decoder_layers_attr_name or "transformer.blocks"
+
+
+def _create(create_model_and_transforms, clip_name: str, clip_model: str, clip_pretrained: str, lang_dir: Path,
+            tokenizer_dir: Path, cross_attn_every_n_layers: int, decoder_layers_attr_name: str | None):
+    """open_flamingo's factory on local files, its chatter sent to the debug log and its failures
+    raised as one :class:`~pin.errors.PinError` naming the inputs."""
     # the factory passes trust_remote_code=True: our registered mosaic_gpt classes win over the
     # folder's auto_map, so MPT-1B's remote code is never imported
     from pin.vlm.mpt import register_mosaic_gpt
@@ -118,7 +145,7 @@ def build_openflamingo(
     register_mosaic_gpt()
     try:
         with contextlib.redirect_stdout(io.StringIO()) as said:
-            flamingo, processor, tokenizer = open_flamingo.create_model_and_transforms(
+            flamingo, processor, tokenizer = create_model_and_transforms(
                 clip_vision_encoder_path=clip_name,
                 clip_vision_encoder_pretrained=clip_pretrained,
                 lang_encoder_path=str(lang_dir),
@@ -133,13 +160,6 @@ def build_openflamingo(
             f"could not build OpenFlamingo from clip={clip_model}:{clip_pretrained}, "
             f"lang={lang_dir}, tokenizer={tokenizer_dir}: {type(err).__name__}: {err}"
         ) from err
-
-    # the released format (trainable weights only, aliases absent) or a full state_dict()
-    load_checkpoint(flamingo, Path(checkpoint))
-    flamingo.vision_encoder.final_ln_after_pool = not ln_patch_tokens
-    # transformers 5 loads the LM in its config's torch_dtype while open_flamingo builds the
-    # perceiver and cross-attention in fp32: one dtype for the whole model, fp32 unless asked
-    flamingo.to(device=device, dtype=dtype if dtype is not None else torch.float32)
     return flamingo, processor, tokenizer
 
 
