@@ -272,15 +272,7 @@ def run_compose(
     """The compose stage. Resumable: shards already written with the same config are kept.
 
     Returns the metrics plus ``run`` (shards written / reused this time)."""
-    import pickle
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-    from multiprocessing import get_context
-
-    from pin.progress import tqdm
-
     from pin.io import atomic_write_json, prepare_resumable_dir, remove_temp_files
-    from pin.synth import shards as sh
     from pin.synth.coco_export import export_coco
     from pin.synth.compose_metrics import collect_metrics
 
@@ -302,10 +294,26 @@ def run_compose(
     prepare_resumable_dir(out_dir, config)
     remove_temp_files(out_dir)
 
+    tasks, todo_shards, reused = _plan_shards(out_dir, sizes, p.shard_size)
+    written = _write_shards(tasks, todo_shards, worker_args(p, objects_dir, pools, backgrounds), p.workers, out_dir,
+                            progress)
+    export_coco(out_dir / "heldout", pools["heldout"].categories, clean=p.query_names == "clean")
+    metrics = collect_metrics(out_dir, p, pools, backgrounds)
+    if metrics_path is not None:
+        atomic_write_json(metrics_path, metrics)
+    return {**metrics, "run": {"shards_written": written, "shards_reused": reused}}
+
+
+def _plan_shards(out_dir: Path, sizes: dict[str, int], shard_size: int
+                 ) -> tuple[list[tuple[str, int, int]], dict[tuple[str, int], tuple[Path, int]], int]:
+    """The chunks still to compose, the shards they fill ((split, first index) -> (path, end)) and
+    how many shards are reused: a shard already on disk is kept unless it is damaged."""
+    from pin.synth import shards as sh
+
     tasks, todo_shards, reused = [], {}, 0
     for split in SPLITS:
         (out_dir / split).mkdir(parents=True, exist_ok=True)
-        for k, (start, stop) in enumerate(sh.shard_ranges(sizes[split], p.shard_size)):
+        for k, (start, stop) in enumerate(sh.shard_ranges(sizes[split], shard_size)):
             path = out_dir / split / sh.shard_name(k)
             if path.exists():
                 damage = sh.check_shard(path, stop - start)
@@ -316,15 +324,29 @@ def run_compose(
                 path.unlink()
             todo_shards[(split, start)] = (path, stop)
             tasks += [(split, s, min(stop, s + CHUNK)) for s in range(start, stop, CHUNK)]
+    return tasks, todo_shards, reused
+
+
+def _write_shards(tasks: list[tuple[str, int, int]], todo_shards: dict[tuple[str, int], tuple[Path, int]],
+                  init_args: tuple, workers: int, out_dir: Path, progress: bool) -> int:
+    """Compose ``tasks`` (in ``workers`` processes when more than one) and write each shard of
+    ``todo_shards`` as soon as its last chunk arrives; returns the number of shards written."""
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    from pin.progress import tqdm
+
+    from pin.synth import shards as sh
 
     n_todo = sum(t[2] - t[1] for t in tasks)
-    init_args = worker_args(p, objects_dir, pools, backgrounds)
     written = 0
     with tqdm(total=n_todo, desc="compose", unit="img", disable=not progress) as bar:
-        if p.workers > 1 and len(tasks) > 1:
+        if workers > 1 and len(tasks) > 1:
             # a ProcessPoolExecutor, not a multiprocessing.Pool: a worker that dies is reported
             # (BrokenProcessPool) instead of respawned forever with the stage hanging at 0%
-            pool = ProcessPoolExecutor(min(p.workers, len(tasks)), mp_context=get_context("spawn"),
+            pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=get_context("spawn"),
                                        initializer=_start_worker, initargs=(pickle.dumps(init_args),))
             results = pool.map(_compose_chunk, tasks)  # in task order
         else:
@@ -353,12 +375,7 @@ def run_compose(
             if pool is not None:  # queued chunks are dropped after an error / Ctrl-C
                 pool.shutdown(wait=True, cancel_futures=True)
             _reset_worker()
-
-    export_coco(out_dir / "heldout", pools["heldout"].categories, clean=p.query_names == "clean")
-    metrics = collect_metrics(out_dir, p, pools, backgrounds)
-    if metrics_path is not None:
-        atomic_write_json(metrics_path, metrics)
-    return {**metrics, "run": {"shards_written": written, "shards_reused": reused}}
+    return written
 
 
 def summary(result: dict) -> str:
