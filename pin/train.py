@@ -36,6 +36,7 @@ from pin.features import compute_features, shared_features  # noqa: F401 - compu
 from pin.frame import check_composite_size
 from pin.io import atomic_write_json, record_timing
 from pin.methods.base import Method
+from pin.train_steps import check_trainable, log_record, resume, save_checkpoint, step_loss
 from pin.vlm.base import FrozenVLM
 
 
@@ -140,14 +141,7 @@ def train_method(
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    if not method.trains:
-        raise ValueError(f"method {method.name} trains nothing")
-    if method.encodes_pixels and accelerator.num_processes > 1:
-        raise ValueError(f"method {method.name} trains in one process (run stages/train.py without accelerate launch)")
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if batch_size % world:
-        raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {world} processes "
-                         "(each takes an equal slice of the step's batch)")
+    check_trainable(method, accelerator, batch_size)
     torch.manual_seed(seed)
     checkpoint_dir = Path(checkpoint_dir)
     # fresh (pin.fresh.FreshBatches): every sample a new image, composed by the loader's workers
@@ -162,51 +156,18 @@ def train_method(
     optimizer = torch.optim.Adam(method.trainable_parameters(), lr=lr, fused=accelerator.device.type == "cuda")
     model, optimizer = accelerator.prepare(method, optimizer)
     ckpt = Checkpointer(checkpoint_dir, fingerprint)
-    history: list[dict] = []
-    start_step = 0
-    loss_ema = None
-    state = ckpt.load()
-    accelerator.wait_for_everyone()  # no process saves before every process has read
-    if state is not None and state["step"] <= steps:
-        method.load_trainable_state(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step, history, loss_ema = state["step"], state["history"], state.get("loss_ema")
-        if state.get("ranks"):
-            loss_ema = state["ranks"][rank]["loss_ema"]  # this process's own (its slice's losses)
-        if loss_ema is not None:
-            loss_ema = torch.tensor(loss_ema, dtype=torch.float32, device=accelerator.device)
-        Checkpointer.restore_rng(state, rank, accelerator.device)
-        accelerator.print(f"resuming from step {start_step}")
-        if live is not None and accelerator.is_main_process:
-            for record in history:  # the curves up to the checkpoint, as the killed run logged them
-                _log_live(live, record)
+    start_step, history, loss_ema = resume(ckpt, method, optimizer, steps, accelerator)
+    if live is not None and accelerator.is_main_process:
+        for record in history:  # the curves up to the checkpoint, as the killed run logged them
+            _log_live(live, record)
 
-    per_rank = batch_size // world
     t0 = time.perf_counter()
     bar = tqdm(range(start_step, steps), desc=f"train {method.name}", unit="step",
                disable=not accelerator.is_main_process, initial=start_step, total=steps)
     fresh_items = None if fresh is None else iter(fresh.loader(range(start_step, steps), compose_workers))
     for step in bar:
-        batch = None
-        with accelerator.autocast():
-            if fresh_items is None:
-                batch = make_samples(train_images, codec, seed * 1_000_003 + step, batch_size)
-                samples = batch[rank * per_rank : (rank + 1) * per_rank]  # each process its slice of the same batch
-                prompts, answers = [s.prompt for s in samples], [s.answer for s in samples]
-                features = feats(torch.tensor([s.image_index for s in samples]), accelerator.device)
-            else:
-                items = next(fresh_items)  # this process's slice, composed ahead by the workers
-                prompts, answers = [q for _, q, _ in items], [a for _, _, a in items]
-                features = method.features(vlm, vlm.preprocess([im for im, _, _ in items])).to(
-                    accelerator.device, torch.float32)
-            loss = vlm.answer_loss(features, [vlm.prompt(q) for q in prompts], answers, **model())
-        if world > 1:
-            # Answers differ in length: weighted by its share of the batch's answer tokens, the
-            # slice's mean averages (DDP) to the whole batch's token mean, one process's loss.
-            mine = sum(vlm.answer_token_counts(answers))
-            total = sum(vlm.answer_token_counts([s.answer for s in batch])) if batch is not None else \
-                float(accelerator.reduce(torch.tensor(float(mine), device=accelerator.device), "sum"))
-            loss = loss * (mine * world / total)
+        batch = make_samples(train_images, codec, seed * 1_000_003 + step, batch_size) if fresh_items is None else None
+        loss = step_loss(vlm, method, model, accelerator, batch, feats, fresh_items)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
@@ -215,34 +176,29 @@ def train_method(
         loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
         done = step + 1
         if done % log_every == 0 or done == steps:
-            if world > 1:  # the whole batch's: the mean over the slices (the EMA is linear)
-                value = accelerator.reduce(value, "mean")
-            # a sync (the tensor goes on: resumed and uninterrupted runs agree)
-            ema = float(loss_ema if world == 1 else accelerator.reduce(loss_ema, "mean"))
-            # no wall-clock value: the curves are committed and must be the same on every run
-            record = {"step": done, "loss": float(value), "loss_ema": ema, "lr": lr}
+            record = log_record(accelerator, value, loss_ema, done, lr)
             history.append(record)
-            bar.set_postfix(loss=f"{ema:.3f}")
+            bar.set_postfix(loss=f"{record['loss_ema']:.3f}")
             if live is not None and accelerator.is_main_process:
                 _log_live(live, record)
         if done % checkpoint_every == 0 and done < steps:
-            ema_now = None if loss_ema is None else float(loss_ema)
-            ranks = None
-            if world > 1:  # a collective: every process hands the main one its RNG and EMA
-                from accelerate.utils import gather_object
+            save_checkpoint(ckpt, accelerator, done, method, optimizer, history, loss_ema)
 
-                ranks = gather_object([{"rng": Checkpointer.rng_state(accelerator.device), "loss_ema": ema_now}])
-            elif accelerator.device.type == "cuda":
-                ranks = [{"rng": Checkpointer.rng_state(accelerator.device), "loss_ema": ema_now}]
-            if accelerator.is_main_process:
-                ckpt.save(done, method, optimizer, history, ema_now, ranks)
+    return _result(vlm, method, accelerator, val_feats, val_images, codec, seed=seed, steps=steps,
+                   start_step=start_step, batch_size=batch_size, loss_ema=loss_ema, history=history,
+                   seconds=time.perf_counter() - t0)
 
-    seconds = time.perf_counter() - t0
+
+def _result(vlm: FrozenVLM, method: Method, accelerator, val_feats: BatchFeatures | None,
+            val_images: list[ComposedImage] | None, codec: BoxCodec, *, seed: int, steps: int, start_step: int,
+            batch_size: int, loss_ema: torch.Tensor | None, history: list[dict], seconds: float) -> TrainResult:
+    """A finished run's result: its validation loss, its final loss EMA (over all processes) and
+    its rate over the steps this start ran."""
     val_loss = None
     if val_feats is not None:
         val_loss = evaluate_loss(vlm, method, val_feats, val_images, codec, seed + 1, n_batches=4,
                                  batch_size=batch_size)
-    if loss_ema is not None and world > 1:
+    if loss_ema is not None and accelerator.num_processes > 1:
         loss_ema = accelerator.reduce(loss_ema, "mean")
     accelerator.wait_for_everyone()  # every process is done with the shared feature files
     final = float(loss_ema) if loss_ema is not None else (history[-1]["loss_ema"] if history else math.nan)
