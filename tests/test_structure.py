@@ -1,5 +1,6 @@
 """The codebase's shape, checked: dvc.yaml's deps are true, no import cycles, the library imports
-without the pipeline's params, and no module grows past what one person reads in a sitting."""
+without the pipeline's params, and no module (400 lines) or function (80) grows past what one
+person reads in a sitting."""
 from __future__ import annotations
 
 import ast
@@ -101,3 +102,16 @@ def test_no_module_over_max_lines():
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / "pin").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines (split them along their seams): {long}"
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_over_max_lines():
+    long = {}
+    for path in (ROOT / "pin").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
+                long[f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"] = n
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into helpers along their seams): {long}"
