@@ -455,7 +455,7 @@ CASES = [
     Case("section_typo", "params.yaml: `trian:` (misspelled section)", "train",
          _raw_params("trian:\n  steps: 3\n"),
          P("params.yaml: unknown top-level section 'trian' (did you mean 'train'?); known: baselines, compose, "
-           "eval, filter, generate, method, pin, pretrain, threads, train, vlm")),
+           "eval, filter, generate, method, pin, pretrain, profile, threads, train, vlm")),
     Case("dup_key", "params.yaml: train.steps given twice", "train",
          _raw_params("train:\n  steps: 3\n  steps: 4\n"),
          P("params.yaml: duplicate key 'steps' at line 3 (first at line 2)")),
