@@ -121,12 +121,20 @@ class _LocalState:
 
 def process_state():
     """accelerate's PartialState under ``accelerate launch`` (WORLD_SIZE > 1), else one process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
         try:
+            import torch
             from accelerate import PartialState
         except ImportError as err:  # pragma: no cover - a declared dependency
             raise PinError("WORLD_SIZE > 1 needs the accelerate package") from err
-        return PartialState()
+        # without cpu=True, accelerate sets up no process group on a machine without a GPU: every
+        # process would then think it is the only one and make (and delete) every file itself
+        state = PartialState(cpu=not torch.cuda.is_available())
+        if state.num_processes != world:
+            raise PinError(f"accelerate set up {state.num_processes} process(es) for WORLD_SIZE={world}: "
+                           "each would make every picture; check the accelerate launch configuration")
+        return state
     return _LocalState()
 
 
