@@ -147,3 +147,32 @@ def test_slot_size_check_never_counts_two_unparsable_answers_as_a_match():
     assert _slot_size(" [56,56,4,1]") is None  # x2 < x1: not a box
     assert _slot_size(" [56,56,4,1]", "attributes") == (56.0, 56.0)
     assert _slot_size(" yes", "attributes") is None
+
+
+def test_language_pretraining_trains_only_the_groups_it_is_given():
+    """The frozen-text-LM arm (research/frozen_lm_arm.py): the LM alone with closed gates, then
+    the perceiver and cross-attention alone with the LM frozen."""
+    from pin.vlm.mini import trainable_for_pretraining
+    from pin.vlm.openflamingo import OpenFlamingoAdapter
+    from pin.vlm.pretrain import pretrain_language
+    from pin.vlm.pretrain_text import ObjectFact, words_of
+
+    torch.manual_seed(0)
+    flamingo, proc, tok = build_mini_flamingo(MiniVLMConfig(gate_init=1.0), words_of(["car", "dog"]))
+    adapter = OpenFlamingoAdapter(flamingo, proc, tok, name="mini")
+    feats = adapter.patch_features(torch.randn(4, 3, 64, 64))
+    facts = [[ObjectFact("car", 56, 56)], [ObjectFact("dog", 28, 84), ObjectFact("car", 28, 28)]] * 2
+    groups = trainable_for_pretraining(flamingo)
+
+    def changed_by(train):
+        before = {k: [p.detach().clone() for p in v] for k, v in groups.items()}
+        pretrain_language(adapter, flamingo, feats, facts, ["car", "dog"], steps=3, lr=1e-2, batch_size=4,
+                          seed=0, train=train)
+        return {k for k, v in groups.items() if any(not torch.equal(a, b) for a, b in zip(before[k], v))}
+
+    assert changed_by(("perceiver", "xattn")) == {"perceiver", "xattn"}
+    assert changed_by(("lm",)) == {"lm"}
+    assert all(not p.requires_grad for v in groups.values() for p in v)  # frozen again afterwards
+    with pytest.raises(ValueError, match="groups among perceiver, xattn, lm"):
+        pretrain_language(adapter, flamingo, feats, facts, ["car", "dog"], steps=1, lr=1e-2, batch_size=4,
+                          seed=0, train=("vision",))

@@ -84,12 +84,18 @@ class TextBatches(torch.utils.data.IterableDataset):
 
 def pretrain_language(adapter, flamingo, features: torch.Tensor, facts: list[list[ObjectFact]], vocabulary: list[str],
                       *, steps: int, lr: float, batch_size: int, seed: int, recipe: TextRecipe = TextRecipe(),
-                      workers: int = 0) -> LanguageResult:
+                      workers: int = 0, train: tuple[str, ...] = ("perceiver", "xattn", "lm")) -> LanguageResult:
+    """``train``: the parameter groups that learn (:func:`pin.vlm.mini.trainable_for_pretraining`);
+    the rest stay as they are - e.g. ``("lm",)`` with closed gates is a text-only language model,
+    and ``("perceiver", "xattn")`` then teaches it to see while it stays frozen (Flamingo's recipe)."""
     from pin.vlm.mini import trainable_for_pretraining
     from pin.vlm.openflamingo import masked_answer_loss
 
     groups = trainable_for_pretraining(flamingo)
-    params = groups["perceiver"] + groups["xattn"] + groups["lm"]
+    unknown = sorted(set(train) - {"perceiver", "xattn", "lm"})
+    if unknown or not train:
+        raise ValueError(f"train: groups among perceiver, xattn, lm, got {train}")
+    params = [p for name in ("perceiver", "xattn", "lm") if name in train for p in groups[name]]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)

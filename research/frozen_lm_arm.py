@@ -1,0 +1,103 @@
+"""The mini-VLM issue's last arm: Flamingo's recipe in miniature.
+
+1. A text-only language model: a fresh mini VLM whose cross-attention gates stay closed
+   (tanh(0) = 0: the image adds exactly nothing) learns the pretraining texts with its LM
+   parameters only. It learns the texts' grammar and their answer prior, never the image.
+2. The LM is then frozen, the gates start closed, and only the perceiver and the gated
+   cross-attention learn from the same image texts (the stage's own batches and loop,
+   ``pin.vlm.pretrain.pretrain_language`` with ``train=``).
+
+The vision tower is the donor's (a pipeline-pretrained mini VLM with the same recipe), so the arm
+differs from the donor only on the language side. The result is a mini VLM folder that the pipeline
+installs with ``-S pretrain.source=asset -S pretrain.asset=OUT``.
+
+    python research/frozen_lm_arm.py --donor models/mini_vlm --composed data/composed \\
+        --text-steps 1000 --image-steps 3000 --out lab/frozen_lm
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pin.composed import read_split_records  # noqa: E402
+from pin.frame import FRAME  # noqa: E402
+from pin.vlm.mini import build_mini_flamingo, load_mini_parts, read_mini_config, save_mini  # noqa: E402
+from pin.vlm.openflamingo import OpenFlamingoAdapter, set_gates  # noqa: E402
+from pin.vlm.pretrain import facts_of, pixels_uint8, pretrain_language, recognition_report  # noqa: E402
+from pin.vlm.pretrain_text import TextRecipe, words_of  # noqa: E402
+from pin.vlm.pretrain_vision import normalise  # noqa: E402
+
+
+def features(adapter, u8: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([adapter.patch_features(normalise(u8[i:i + 256])) for i in range(0, len(u8), 256)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--donor", required=True, help="a mini VLM folder: its ViT, recipe and vocabulary are kept")
+    ap.add_argument("--composed", default="data/composed")
+    ap.add_argument("--text-steps", type=int, default=1000)
+    ap.add_argument("--image-steps", type=int, default=3000)
+    ap.add_argument("--lr", type=float, default=0.002)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grid", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    donor, processor, _, donor_config = load_mini_parts(args.donor)
+    meta = read_mini_config(args.donor)["meta"]
+    before = meta["pretrain_metrics"]
+    vocabulary = meta["vocabulary"]
+    config = dataclasses.replace(donor_config, gate_init=0.0)
+    flamingo, processor, tokenizer = build_mini_flamingo(config, words_of(vocabulary),
+                                                         whole_numbers=before["recipe"]["numbers"] == "whole")
+    flamingo.vision_encoder.load_state_dict(donor.vision_encoder.state_dict())
+    recipe = TextRecipe(mix=tuple(before["recipe"]["text_mix"].items()), slot=before["recipe"]["slot"],
+                        frame=FRAME, cell=FRAME // args.grid)
+    images = read_split_records(Path(args.composed) / "pretrain")
+    probe = read_split_records(Path(args.composed) / "heldout", limit=256)
+    adapter = OpenFlamingoAdapter(flamingo, processor, tokenizer, name="mini")  # freezes everything
+    size = config.image_size
+    feats, probe_feats = features(adapter, pixels_uint8(size, images)), features(adapter, pixels_uint8(size, probe))
+    facts, probe_facts = [facts_of(im) for im in images], [facts_of(im) for im in probe]
+    common = dict(lr=args.lr, batch_size=args.batch, recipe=recipe)
+
+    set_gates(flamingo, 0.0)  # closed and untrained: the LM never sees the image in part 1
+    t0 = time.perf_counter()
+    text = pretrain_language(adapter, flamingo, feats, facts, vocabulary, steps=args.text_steps, seed=args.seed,
+                             train=("lm",), **common)
+    flamingo.eval()
+    text_only = recognition_report(adapter, probe_feats, probe_facts, vocabulary, seed=0, recipe=recipe)
+    flamingo.train()
+    seeing = pretrain_language(adapter, flamingo, feats, facts, vocabulary, steps=args.image_steps,
+                               seed=args.seed + 1, train=("perceiver", "xattn"), **common)
+    seconds = time.perf_counter() - t0
+    flamingo.eval()
+    report = recognition_report(adapter, probe_feats, probe_facts, vocabulary, seed=0, recipe=recipe)
+    language = {"steps": args.text_steps + args.image_steps, "final_loss": round(seeing.final_loss, 4),
+                "arm": "frozen text LM", "text_only": {"steps": args.text_steps, "final_loss": round(text.final_loss, 4),
+                                                       "trains": "lm", "gates": "closed"},
+                "image": {"steps": args.image_steps, "trains": "perceiver, xattn", "lm": "frozen"},
+                "batch": args.batch, "lr": args.lr, "seed": args.seed}
+    metrics = {**before, "language": language, "recognition_heldout": report,
+               "recognition_heldout_text_only": text_only}
+    save_mini(args.out, flamingo, tokenizer, config, meta={**meta, "pretrain_metrics": metrics})
+    print(json.dumps({"out": args.out, "language": language, "seconds": round(seconds),
+                      "text_only": text_only, "recognition": report}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
