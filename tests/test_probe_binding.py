@@ -41,3 +41,9 @@ def test_queries_skip_names_that_repeat_in_an_image():
     qs = probe.queries(images)
     assert [(i, name, lv) for i, name, lv, _ in qs] == [(0, "cat", (5, 6)), (1, "cup", (0, 1))]
     assert qs[0][3] == [(1, 2), (3, 4)] and qs[1][3] == []
+
+
+def test_name_pairs_compare_answers_with_truths_within_an_image():
+    answered = {0: [((28.0, 0.0), (1, 0)), ((28.0, 0.0), (2, 0)), (None, (2, 0))],
+                1: [((56.0, 28.0), (2, 1)), ((0.0, 28.0), (0, 1))]}
+    assert probe.name_pairs(answered, 28) == {"pairs": 4, "same_answer": 0.25, "same_truth": 0.25}
