@@ -27,14 +27,23 @@ from pin.composed import read_split_records  # noqa: E402
 from pin.frame import FRAME  # noqa: E402
 from pin.vlm.mini import load_mini_parts, read_mini_config, save_mini  # noqa: E402
 from pin.vlm.openflamingo import OpenFlamingoAdapter  # noqa: E402
-from pin.vlm.pretrain import facts_of, pixels_uint8, pretrain_language, recognition_report  # noqa: E402
+from pin.vlm.pretrain import (facts_of, features_of, pixels_uint8, pretrain_language,  # noqa: E402
+                              recognition_report)
 from pin.vlm.pretrain_text import TextRecipe  # noqa: E402
-from pin.vlm.pretrain_vision import normalise  # noqa: E402
 
 
-def features(adapter, u8: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([adapter.patch_features(normalise(u8[i:i + 256])) for i in range(0, len(u8), 256)])
+def saved_recipe(metrics: dict, grid: int) -> TextRecipe:
+    """The text recipe a saved mini VLM was pretrained with (its ``pretrain_metrics``)."""
+    return TextRecipe(mix=tuple(metrics["recipe"]["text_mix"].items()), slot=metrics["recipe"]["slot"],
+                      frame=FRAME, cell=FRAME // grid)
+
+
+def language_data(adapter, image_size: int, composed: str):
+    """Cached ViT features and object facts of the pretrain split, and of 256 held-out probe images."""
+    images = read_split_records(Path(composed) / "pretrain")
+    probe = read_split_records(Path(composed) / "heldout", limit=256)
+    feats, probe_feats = (features_of(adapter, pixels_uint8(image_size, ims)) for ims in (images, probe))
+    return feats, probe_feats, [facts_of(im) for im in images], [facts_of(im) for im in probe]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,21 +64,16 @@ def main(argv: list[str] | None = None) -> None:
     flamingo, processor, tokenizer, config = load_mini_parts(args.model)
     meta = read_mini_config(args.model)["meta"]
     before = meta["pretrain_metrics"]
-    recipe = TextRecipe(mix=tuple(before["recipe"]["text_mix"].items()), slot=before["recipe"]["slot"],
-                        frame=FRAME, cell=FRAME // args.grid)
+    recipe = saved_recipe(before, args.grid)
     vocabulary = meta["vocabulary"]
-    images = read_split_records(Path(args.composed) / "pretrain")
-    probe = read_split_records(Path(args.composed) / "heldout", limit=256)
     adapter = OpenFlamingoAdapter(flamingo, processor, tokenizer, name="mini")  # freezes everything
-    size = config.image_size
-    feats, probe_feats = features(adapter, pixels_uint8(size, images)), features(adapter, pixels_uint8(size, probe))
-    facts = [facts_of(im) for im in images]
+    feats, probe_feats, facts, probe_facts = language_data(adapter, config.image_size, args.composed)
     t0 = time.perf_counter()
     lang = pretrain_language(adapter, flamingo, feats, facts, vocabulary, steps=args.steps, lr=args.lr,
                              batch_size=args.batch, seed=args.seed, recipe=recipe)
     seconds = time.perf_counter() - t0
     flamingo.eval()
-    report = recognition_report(adapter, probe_feats, [facts_of(im) for im in probe], vocabulary, seed=0,
+    report = recognition_report(adapter, probe_feats, probe_facts, vocabulary, seed=0,
                                 recipe=recipe)
     steps_before = before["language"]["steps"]
     language = {"steps": steps_before + args.steps, "final_loss": round(lang.final_loss, 4),

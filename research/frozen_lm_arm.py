@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import sys
 import time
@@ -27,18 +28,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pin.composed import read_split_records  # noqa: E402
-from pin.frame import FRAME  # noqa: E402
 from pin.vlm.mini import build_mini_flamingo, load_mini_parts, read_mini_config, save_mini  # noqa: E402
 from pin.vlm.openflamingo import OpenFlamingoAdapter, set_gates  # noqa: E402
-from pin.vlm.pretrain import facts_of, pixels_uint8, pretrain_language, recognition_report  # noqa: E402
-from pin.vlm.pretrain_text import TextRecipe, words_of  # noqa: E402
-from pin.vlm.pretrain_vision import normalise  # noqa: E402
+from pin.vlm.pretrain import pretrain_language, recognition_report  # noqa: E402
+from pin.vlm.pretrain_text import words_of  # noqa: E402
 
 
-def features(adapter, u8: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([adapter.patch_features(normalise(u8[i:i + 256])) for i in range(0, len(u8), 256)])
+def _continue_module():  # its setup helpers: the saved recipe, the cached features and facts
+    spec = importlib.util.spec_from_file_location("continue_pretrain", Path(__file__).with_name("continue_pretrain.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,14 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     flamingo, processor, tokenizer = build_mini_flamingo(config, words_of(vocabulary),
                                                          whole_numbers=before["recipe"]["numbers"] == "whole")
     flamingo.vision_encoder.load_state_dict(donor.vision_encoder.state_dict())
-    recipe = TextRecipe(mix=tuple(before["recipe"]["text_mix"].items()), slot=before["recipe"]["slot"],
-                        frame=FRAME, cell=FRAME // args.grid)
-    images = read_split_records(Path(args.composed) / "pretrain")
-    probe = read_split_records(Path(args.composed) / "heldout", limit=256)
+    helpers = _continue_module()
+    recipe = helpers.saved_recipe(before, args.grid)
     adapter = OpenFlamingoAdapter(flamingo, processor, tokenizer, name="mini")  # freezes everything
-    size = config.image_size
-    feats, probe_feats = features(adapter, pixels_uint8(size, images)), features(adapter, pixels_uint8(size, probe))
-    facts, probe_facts = [facts_of(im) for im in images], [facts_of(im) for im in probe]
+    feats, probe_feats, facts, probe_facts = helpers.language_data(adapter, config.image_size, args.composed)
     common = dict(lr=args.lr, batch_size=args.batch, recipe=recipe)
 
     set_gates(flamingo, 0.0)  # closed and untrained: the LM never sees the image in part 1

@@ -41,9 +41,8 @@ from pin.composed import read_split_records  # noqa: E402
 from pin.frame import FRAME  # noqa: E402
 from pin.vlm.mini import load_mini_parts  # noqa: E402
 from pin.vlm.openflamingo import OpenFlamingoAdapter  # noqa: E402
-from pin.vlm.pretrain import _slot_corner, facts_of, pixels_uint8  # noqa: E402
+from pin.vlm.pretrain import _slot_corner, facts_of, features_of, pixels_uint8  # noqa: E402
 from pin.vlm.pretrain_text import IMAGE_TOKEN, PROMPT, ObjectFact, TextRecipe, slot_answer  # noqa: E402
-from pin.vlm.pretrain_vision import normalise  # noqa: E402
 
 KINDS = ("named", "other", "mean", "none")
 
@@ -150,8 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     flamingo, processor, tokenizer, config = load_mini_parts(args.vlm)
     adapter = OpenFlamingoAdapter(flamingo, processor, tokenizer, name="mini")
     u8 = pixels_uint8(config.image_size, images)
-    with torch.no_grad():
-        feats = torch.cat([adapter.patch_features(normalise(u8[i:i + 256])) for i in range(0, len(u8), 256)])
+    feats = features_of(adapter, u8)
     qs = queries(images)
     tally = {f"{group}_{axis}": Counter() for group in ("single", "multi") for axis in ("x1", "y1")}
     answered: dict[int, list] = {}  # multi-object image -> (corner, levels) of each named object
@@ -178,9 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     result["name_pairs"] = name_pairs(answered, cell)
     if args.states:
         train = read_split_records(Path(args.composed) / "train", limit=args.train_images)
-        u8_tr = pixels_uint8(config.image_size, train)
-        with torch.no_grad():
-            feats_tr = torch.cat([adapter.patch_features(normalise(u8_tr[i:i + 256])) for i in range(0, len(u8_tr), 256)])
+        feats_tr = features_of(adapter, pixels_uint8(config.image_size, train))
         result["states_x1"] = state_probes(adapter, feats_tr, queries(train), feats, qs, cell, config.lm_layers)
     print(json.dumps(result, indent=1))
     if args.out:

@@ -82,6 +82,13 @@ class TextBatches(torch.utils.data.IterableDataset):
             yield self.batch(step)
 
 
+def features_of(adapter, u8: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """The frozen ViT's patch features of uint8 images, ``batch`` images at a time."""
+    with torch.no_grad():
+        return torch.cat([adapter.patch_features(normalise(u8[i:i + batch].to(adapter.device)))
+                          for i in range(0, len(u8), batch)])
+
+
 def pretrain_language(adapter, flamingo, features: torch.Tensor, facts: list[list[ObjectFact]], vocabulary: list[str],
                       *, steps: int, lr: float, batch_size: int, seed: int, recipe: TextRecipe = TextRecipe(),
                       workers: int = 0, train: tuple[str, ...] = ("perceiver", "xattn", "lm")) -> LanguageResult:
@@ -266,9 +273,7 @@ def pretrain_mini(p, images, probe, out_dir: str, metrics_path: str, *, grid: in
                               seed=p.seed, eval_u8=probe_u8, eval_labels=probe_labels, groups=groups)
 
     adapter = OpenFlamingoAdapter(flamingo, processor, tokenizer, name="mini")  # freezes everything
-    with torch.no_grad():
-        feats = torch.cat([adapter.patch_features(normalise(u8[i:i + 256].to(device))) for i in range(0, len(u8), 256)])
-        probe_feats = adapter.patch_features(normalise(probe_u8.to(device)))
+    feats, probe_feats = features_of(adapter, u8), features_of(adapter, probe_u8)
     facts = [facts_of(im, relations=p.text_mix.get("relation", 0) > 0) for im in images]
     recipe = text_recipe(p, grid)
     lang = pretrain_language(adapter, flamingo, feats, facts, vocabulary, steps=p.lm_steps, lr=p.lm_lr,
