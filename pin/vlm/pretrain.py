@@ -84,9 +84,9 @@ class TextBatches(torch.utils.data.IterableDataset):
 
 def features_of(adapter, u8: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """The frozen ViT's patch features of uint8 images, ``batch`` images at a time."""
+    chunks = [u8[i:i + batch] for i in range(0, len(u8), batch)] or [u8]  # no images: an empty batch
     with torch.no_grad():
-        return torch.cat([adapter.patch_features(normalise(u8[i:i + batch].to(adapter.device)))
-                          for i in range(0, len(u8), batch)])
+        return torch.cat([adapter.patch_features(normalise(c.to(adapter.device))) for c in chunks])
 
 
 def pretrain_language(adapter, flamingo, features: torch.Tensor, facts: list[list[ObjectFact]], vocabulary: list[str],
