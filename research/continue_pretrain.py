@@ -46,20 +46,26 @@ def language_data(adapter, image_size: int, composed: str):
     return feats, probe_feats, [facts_of(im) for im in images], [facts_of(im) for im in probe]
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a mini VLM folder (pretrain_vlm's models/mini_vlm)")
-    ap.add_argument("--composed", default="data/composed", help="the composed data it was pretrained on")
-    ap.add_argument("--steps", type=int, required=True)
+def parse_run_options(ap: argparse.ArgumentParser, argv, *, seed: int, seed_help: str | None = None):
+    """The options every language-pretraining tool here shares; parses, then sets threads and seed."""
     ap.add_argument("--lr", type=float, default=0.002)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=1, help="the first run used pretrain.seed (0): another seed, new batches")
+    ap.add_argument("--seed", type=int, default=seed, help=seed_help)
     ap.add_argument("--grid", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="a mini VLM folder (pretrain_vlm's models/mini_vlm)")
+    ap.add_argument("--composed", default="data/composed", help="the composed data it was pretrained on")
+    ap.add_argument("--steps", type=int, required=True)
+    args = parse_run_options(ap, argv, seed=1, seed_help="the first run used pretrain.seed (0): another seed, new batches")
 
     flamingo, processor, tokenizer, config = load_mini_parts(args.model)
     meta = read_mini_config(args.model)["meta"]

@@ -47,15 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--composed", default="data/composed")
     ap.add_argument("--text-steps", type=int, default=1000)
     ap.add_argument("--image-steps", type=int, default=3000)
-    ap.add_argument("--lr", type=float, default=0.002)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--grid", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    helpers = _continue_module()
+    args = helpers.parse_run_options(ap, argv, seed=0)
 
     donor, processor, _, donor_config = load_mini_parts(args.donor)
     meta = read_mini_config(args.donor)["meta"]
@@ -65,7 +58,6 @@ def main(argv: list[str] | None = None) -> None:
     flamingo, processor, tokenizer = build_mini_flamingo(config, words_of(vocabulary),
                                                          whole_numbers=before["recipe"]["numbers"] == "whole")
     flamingo.vision_encoder.load_state_dict(donor.vision_encoder.state_dict())
-    helpers = _continue_module()
     recipe = helpers.saved_recipe(before, args.grid)
     adapter = OpenFlamingoAdapter(flamingo, processor, tokenizer, name="mini")  # freezes everything
     feats, probe_feats, facts, probe_facts = helpers.language_data(adapter, config.image_size, args.composed)
