@@ -20,11 +20,11 @@ from pin.params_eval import CocoPaths, EvalParams, EvalPaths, RefCocoPaths, VocP
 
 
 class GenerateParams(Section):
-    backend: Literal["openmoji", "diffusers", "shapes"] = "openmoji"
+    backend: Literal["openmoji", "diffusers", "shapes"] = "shapes"
     category_set: Literal["lvis", "coco", "pvoc"] = "lvis"
-    per_category: int = Field(24, ge=1)
+    per_category: int = Field(40, ge=1)
     max_categories: int | None = Field(30, ge=1)  # null: every category the backend covers
-    image_size: int = Field(160, ge=16)  # openmoji render size; SD output size (512) on diffusers
+    image_size: int = Field(64, ge=16)  # shapes/openmoji render size; SD output size (512) on diffusers
     # diffusers backend (paper profile)
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # a hub id or a local diffusers folder
     prompt: str = "a photo of a single {name}, white background"
@@ -59,7 +59,7 @@ class FilterParams(Section):
 
 
 class ComposeParams(Section):
-    backgrounds: str = "builtin"  # "builtin" (scikit-image photos + textures), "white" (Tab. 6 ablation) or a folder
+    backgrounds: str = "white"  # "builtin" (scikit-image photos + textures), "white" (Tab. 6 ablation) or a folder
     image_size: int = Field(224, ge=16)
     grid: int = Field(8, ge=1)
     a_max: int = Field(3, ge=1)
@@ -76,9 +76,9 @@ class ComposeParams(Section):
     # appendix_d: "left dog" or "dog on the left" (50/50) and "middle"; prefix: "left dog" only
     referral_style: Literal["appendix_d", "prefix"] = "appendix_d"
     same_type_prob: float = Field(0.7, ge=0, le=1)
-    n_train: int = Field(8000, ge=0)
-    n_val: int = Field(500, ge=0)
-    n_heldout: int = Field(1000, ge=0)
+    n_train: int = Field(3000, ge=0)
+    n_val: int = Field(200, ge=0)
+    n_heldout: int = Field(500, ge=0)
     n_pretrain: int = Field(8000, ge=0)  # mini VLM pretraining images (all categories)
     shard_size: int = Field(1000, ge=1)
     format: Literal["jpeg", "png"] = "jpeg"
@@ -86,7 +86,7 @@ class ComposeParams(Section):
     workers: int = Field(2, ge=1)
     seed: int = 0
     # per-object levels for pretrain.slot=appearance: which splits are jittered (pin.synth.appearance)
-    appearance: Literal["none", "pretrain", "all"] = "none"
+    appearance: Literal["none", "pretrain", "all"] = "pretrain"
     # background folder: images whose header cannot be read are skipped and counted; above this
     # share the stage fails. Not part of the output's fingerprint (it changes no image).
     max_corrupt: float = Field(0.10, ge=0, le=1, exclude=True)
@@ -190,9 +190,9 @@ class BaselinesParams(Section):
 class PretrainParams(Section):
     """The offline mini VLM's own pretraining (image-level supervision only)."""
 
-    vision_steps: int = Field(600, ge=0)
+    vision_steps: int = Field(350, ge=0)
     vision_lr: float = Field(3e-3, gt=0)
-    lm_steps: int = Field(1200, ge=0)
+    lm_steps: int = Field(3000, ge=0)
     lm_lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     image_size: int = Field(64, ge=8)
@@ -208,7 +208,7 @@ class PretrainParams(Section):
     lm_layers: int = Field(4, ge=2)
     xattn_every: int = Field(2, ge=1)  # gated cross-attention on every n-th LM layer
     latents: int = Field(32, ge=1)  # perceiver latents (OpenFlamingo-3B: 64)
-    numbers: Literal["digits", "whole"] = "digits"  # whole: a number up to 224 is one token
+    numbers: Literal["digits", "whole"] = "whole"  # whole: a number up to 224 is one token
     # A mini VLM folder whose ViT is kept (vision pretraining skipped); null: pretrain the ViT.
     vision_from: str | None = None
     lm_batch_size: int | None = Field(None, ge=1)  # None: batch_size
@@ -216,8 +216,8 @@ class PretrainParams(Section):
     # The kinds are checked by pin.vlm.pretrain_text, which defines them.
     text_mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.2, "exists": 0.35, "count": 0.15,
                                                                 "slot": 0.3})
-    slot: Literal["origin", "anywhere", "size", "mixed", "attributes", "window", "appearance"] = "anywhere"
-    vision_levels: bool = False  # the vision objective also predicts the objects' appearance levels
+    slot: Literal["origin", "anywhere", "size", "mixed", "attributes", "window", "appearance"] = "appearance"
+    vision_levels: bool = True  # the vision objective also predicts the objects' appearance levels
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (the shipped asset was pretrained on a GPU)
     # train: pretrain here (minutes on a CPU); asset: copy the pretrained weights shipped in the
     # repo (scripts/build_mini_vlm.py made them, the same code on a GPU, longer).
@@ -243,7 +243,7 @@ class PretrainParams(Section):
 
 
 class TrainParams(Section):
-    steps: int = Field(600, ge=1)
+    steps: int = Field(1200, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)  # paper: Adam 1e-3 over ~150k steps
     seed: int = 0

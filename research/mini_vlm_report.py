@@ -15,6 +15,26 @@ import sys
 from pathlib import Path
 
 
+def bar(ev: dict) -> tuple[dict[str, bool], dict[str, bool]]:
+    """The issue's floor checks, and the floor plus goal checks, on an eval metrics mapping."""
+    pin, const, rnd, raw = (ev.get(k, {}).get("miou") or 0.0 for k in ("pin", "constant", "random", "raw"))
+    shuf = ev.get("pin_shuffled", {}).get("miou")
+    own, other = ev.get("pin", {}).get("iou_own_multi"), ev.get("pin", {}).get("iou_other_multi")
+    cx = ev.get("pin", {}).get("centre_x_corr")
+    floor = {
+        "floor: PIN > constant": pin > const,
+        "floor: centre-x correlation >= 0.5": cx is not None and cx >= 0.5,
+        "floor: own - other IoU >= 0.05": own is not None and other is not None and own - other >= 0.05,
+        "floor: shuffled images drop PIN by >= 25%": shuf is not None and shuf <= 0.75 * pin,
+    }
+    return floor, {
+        **floor,
+        "goal: PIN >= 1.5x constant": const > 0 and pin >= 1.5 * const,
+        "goal: PIN >= 2x random": rnd > 0 and pin >= 2 * rnd,
+        "goal: raw <= constant": raw <= const,
+    }
+
+
 def main(eval_path: str = "metrics/eval/synthetic.json", pretrain_path: str = "metrics/pretrain.json",
          strict: bool = False) -> int:
     ev = json.loads(Path(eval_path).read_text())
@@ -26,8 +46,7 @@ def main(eval_path: str = "metrics/eval/synthetic.json", pretrain_path: str = "m
         cells = [r.get(k) for k in ("miou", "miou_s", "miou_m", "miou_l", "p50", "parse_rate")]
         txt = "".join(f"{v:>8.3f}" if isinstance(v, (int, float)) else f"{'-':>8}" for v in cells)
         print(f"{m:<14}{txt}{r.get('distinct_boxes', '-'):>10}")
-    pin, const, rnd, raw = (ev.get(k, {}).get("miou") or 0.0 for k in ("pin", "constant", "random", "raw"))
-    shuf = ev.get("pin_shuffled", {}).get("miou")
+    pin, const, rnd = (ev.get(k, {}).get("miou") or 0.0 for k in ("pin", "constant", "random"))
     own, other = ev.get("pin", {}).get("iou_own_multi"), ev.get("pin", {}).get("iou_other_multi")
     cx, cy = ev.get("pin", {}).get("centre_x_corr"), ev.get("pin", {}).get("centre_y_corr")
     rec = pre.get("recognition_heldout", {})
@@ -41,18 +60,7 @@ def main(eval_path: str = "metrics/eval/synthetic.json", pretrain_path: str = "m
         print(f"appearance readout before PIN (x1,y1 = cell * the named object's levels): single-object "
               f"{rec['qa_slot_corner_single']}, multi-object {rec.get('qa_slot_corner_multi')}; "
               f"level mAP {pre.get('vision', {}).get('heldout_level_map')}")
-    floor = {
-        "floor: PIN > constant": pin > const,
-        "floor: centre-x correlation >= 0.5": cx is not None and cx >= 0.5,
-        "floor: own - other IoU >= 0.05": own is not None and other is not None and own - other >= 0.05,
-        "floor: shuffled images drop PIN by >= 25%": shuf is not None and shuf <= 0.75 * pin,
-    }
-    checks = {
-        **floor,
-        "goal: PIN >= 1.5x constant": const > 0 and pin >= 1.5 * const,
-        "goal: PIN >= 2x random": rnd > 0 and pin >= 2 * rnd,
-        "goal: raw <= constant": raw <= const,
-    }
+    floor, checks = bar(ev)
     print()
     for name, ok in checks.items():
         print(f"[{'x' if ok else ' '}] {name}")

@@ -1,19 +1,23 @@
 """Build the mini VLM that ships in assets/mini_vlm (what `pretrain.source=asset` installs).
 
-The same code as the pretrain_vlm stage (pin.vlm.pretrain.pretrain_mini), with a longer schedule
-than a 2-core CPU affords in the offline budget; on one GPU it takes minutes.
+The same code as the pretrain_vlm stage (pin.vlm.pretrain.pretrain_mini), with a longer language
+pretraining than the offline budget affords: the stage's schedule (params.yaml's pretrain keys),
+then ``--then STEPS:SEED`` continuations (pin.vlm.pretrain_continue: new batches, a warm-restarted
+one-cycle schedule each). The shipped shapes asset is exactly this (docs/mini_vlm.md, round 4):
 
-    # 1. on the machine that ran `dvc repro` (it has data/composed): decode the pretraining
-    #    images once (uint8, 64 px, lossless WebP) - 43 MB that travel to a GPU box instead of 140 MB of JPEGs
+    dvc repro compose                      # data/composed: the default's shapes, pretraining split jittered
+    python scripts/build_mini_vlm.py train --out assets/mini_vlm --threads 1 --then 6000:1 --then 6600:2
+    # 3,000 + 6,000 + 6,600 steps x 64 texts = 998k texts; ~100 min at one thread of a 2-core EPYC
+
+On a GPU box, pack the decoded pretraining images first (43 MB instead of the JPEGs), then train there:
+
     python scripts/build_mini_vlm.py pack --out lab/pretrain_pack.pt
-    # 2. anywhere with torch (GPU: --device cuda --workers 4); -S overrides params.yaml's pretrain keys
     python scripts/build_mini_vlm.py train --pack lab/pretrain_pack.pt --out assets/mini_vlm \\
-        -S vision_steps=4000 -S lm_steps=8000 -S lm_batch_size=256 -S slot=anywhere --device cuda --workers 4
-    # (without --pack it reads data/composed directly)
+        --device cuda --workers 4 --then 6000:1 --then 6600:2      # -S key=value overrides a pretrain param
 
-The params actually used, the device and the recognition report are stored in
-assets/mini_vlm/mini_vlm.json ("meta.pretrain_metrics") and printed; the timings are only
-printed (no model file holds a wall-clock value).
+The params actually used, the device, every language segment and the recognition report are
+stored in assets/mini_vlm/mini_vlm.json ("meta.pretrain_metrics") and printed; the timings are
+only printed (no model file holds a wall-clock value).
 """
 from __future__ import annotations
 
@@ -32,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pin.composed import ComposedImage, read_split_records  # noqa: E402
 from pin.params import parse_section  # noqa: E402
+from pin.stage import apply_threads  # noqa: E402
 from pin.vlm.pretrain import pixels_uint8, pretrain_mini  # noqa: E402
+from pin.vlm.pretrain_continue import continue_language  # noqa: E402
 
 
 def _webp(u8: torch.Tensor) -> list[bytes]:
@@ -90,6 +96,7 @@ def _override(raw: dict, sets: list[str]) -> dict:
 
 
 def train(args) -> None:
+    apply_threads(args.threads or int(yaml.safe_load(Path(args.params).read_text()).get("threads", 2)))
     raw = _override(_pretrain_raw(args.params), args.set)
     raw.update(source="train", device=args.device)
     p = parse_section("pretrain", raw)
@@ -108,8 +115,25 @@ def train(args) -> None:
     t0 = time.perf_counter()
     summary = pretrain_mini(p, images, probe, str(out), str(out.parent / f"{out.name}.metrics.json"), grid=grid,
                             workers=args.workers, pixels=pixels)
-    print(f"{summary}  ({time.perf_counter() - t0:.0f} s)")
-    print(json.dumps(json.loads((out.parent / f"{out.name}.metrics.json").read_text()), indent=1))
+    print(f"{summary}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    for k, (steps, seed) in enumerate(args.then, 1):
+        t0 = time.perf_counter()
+        result = continue_language(out, out, images, probe, steps=steps, seed=seed, lr=p.lm_lr,
+                                   batch_size=p.lm_batch_size or p.batch_size, grid=grid, pixels=pixels,
+                                   label=f"segment {k - 1}")
+        print(f"continued by {steps} steps (seed {seed}) -> {out}: loss {result['language']['final_loss']}, "
+              f"recognition {result['recognition_after']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(json.dumps(json.loads((out / "mini_vlm.json").read_text())["meta"]["pretrain_metrics"], indent=1))
+
+
+def _phase(text: str) -> tuple[int, int]:
+    steps, sep, seed = text.partition(":")
+    try:
+        if not sep or int(steps) < 1:
+            raise ValueError
+        return int(steps), int(seed)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STEPS:SEED with STEPS >= 1, e.g. 6000:1 (got {text!r})") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("-S", "--set", action="append", default=[], help="override a pretrain param: key=value")
     b.add_argument("--device", default="auto")
     b.add_argument("--workers", type=int, default=0, help="DataLoader workers making the text batches")
+    b.add_argument("--then", type=_phase, action="append", default=[], metavar="STEPS:SEED",
+                   help="continue the language pretraining by STEPS batches with a new SEED (repeatable)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads (default: params.yaml's threads)")
     for x in (a, b):
         x.add_argument("--params", default="params.yaml")
         x.add_argument("--composed", default="data/composed")

@@ -23,7 +23,8 @@ SMALL = MiniVLMConfig(image_size=16, patch_size=8, vision_width=16, vision_layer
 def image(i, names):
     buf = io.BytesIO()
     Image.fromarray(np.full((32, 32, 3), 40 * i % 255, np.uint8)).save(buf, "JPEG")
-    objs = tuple(ComposedObject(n, (0, 0, 16, 16), (0, 0, 4, 4), n) for n in names)
+    # levels as compose.appearance draws them (the default slot reads the corner from them)
+    objs = tuple(ComposedObject(n, (0, 0, 16, 16), (0, 0, 4, 4), n, (i % 3, (i + k) % 4)) for k, n in enumerate(names))
     return ComposedImage(i, buf.getvalue(), 32, 32, objs)
 
 
@@ -161,7 +162,8 @@ def test_language_pretraining_trains_only_the_groups_it_is_given():
     flamingo, proc, tok = build_mini_flamingo(MiniVLMConfig(gate_init=1.0), words_of(["car", "dog"]))
     adapter = OpenFlamingoAdapter(flamingo, proc, tok, name="mini")
     feats = adapter.patch_features(torch.randn(4, 3, 64, 64))
-    facts = [[ObjectFact("car", 56, 56)], [ObjectFact("dog", 28, 84), ObjectFact("car", 28, 28)]] * 2
+    facts = [[ObjectFact("car", 56, 56, levels=(1, 2))],
+             [ObjectFact("dog", 28, 84, levels=(0, 3)), ObjectFact("car", 28, 28, levels=(5, 1))]] * 2
     groups = trainable_for_pretraining(flamingo)
 
     def changed_by(train):

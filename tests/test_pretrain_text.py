@@ -56,9 +56,9 @@ def test_slot_numbers_are_sizes_only(objs, seed):
 
 
 def test_every_kind_ends_with_end_token():
-    f = facts([("dog", 2, 3), ("cup", 1, 1)])
+    f = [ObjectFact("dog", 56, 84, levels=(1, 4)), ObjectFact("cup", 28, 28, levels=(0, 7))]
     for kind in TEXT_MIX:
-        t = make_text(f, NAMES, random.Random(0), kind)
+        t = make_text(f, NAMES, random.Random(0), kind)  # the default recipe: the appearance slot
         assert t.text.endswith("<|endofchunk|>") and t.prompt.startswith("<image>")
         assert "<|endofchunk|>" not in t.answer
 

@@ -27,8 +27,13 @@ def _project(tmp_path: Path, profile: str, **edits) -> Path:
 
 
 def test_one_profile_per_vlm_and_each_is_valid(tmp_path):
-    assert PROFILES == ["blip2", "offline", "openflamingo"]
+    assert PROFILES == ["blip2", "emoji", "offline", "openflamingo"]
     assert profile_values(ROOT / "profiles" / "offline.yaml") == {}  # the offline default is params.yaml
+    # the offline design on emoji: pretrained here (the shipped asset knows the shapes only)
+    emoji = params.load_yaml(_project(tmp_path / "emoji", "emoji"))
+    got = {s: params.parse_section(s, emoji.get(s)) for s in params.SECTIONS}
+    assert (got["generate"].backend, got["compose"].backgrounds, got["pretrain"].source) == ("openmoji", "builtin", "train")
+    assert (got["pretrain"].slot, got["compose"].appearance, got["vlm"].name) == ("appearance", "pretrain", "mini")
     for name, vlm, grid in (("openflamingo", "openflamingo", 16), ("blip2", "blip2", 14)):
         raw = params.load_yaml(_project(tmp_path / name, name))
         got = {s: params.parse_section(s, raw.get(s)) for s in params.SECTIONS}  # every section validates
@@ -51,7 +56,7 @@ def test_a_value_set_both_ways_is_refused_naming_the_key(tmp_path):
                     eval__datasets=["coco"])
     raw = params.load_yaml(path)
     assert (raw["vlm"]["image_size"], raw["compose"]["image_size"], raw["compose"]["grid"]) == (448, 448, 16)
-    with pytest.raises(params.ParamsError, match=r"profile: no profiles/paper.yaml \(profiles: blip2, offline"):
+    with pytest.raises(params.ParamsError, match=r"profile: no profiles/paper.yaml \(profiles: blip2, emoji, offline"):
         params.load_yaml(_project(tmp_path / "bad", "paper"))
 
 

@@ -68,7 +68,7 @@ class TextRecipe:
     """How texts are drawn: the mix of kinds, where slot boxes are anchored, the grid cell."""
 
     mix: tuple[tuple[str, float], ...] = tuple(TEXT_MIX.items())
-    slot: str = "anywhere"  # = params pretrain.slot
+    slot: str = "appearance"  # = params pretrain.slot
     frame: int = FRAME
     cell: int = FRAME // 8  # FRAME / compose.grid
 
