@@ -193,7 +193,8 @@ def objects(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def small(**kw) -> ComposeParams:
-    base = dict(image_size=64, grid=8, n_train=9, n_val=3, n_heldout=5, n_pretrain=0, shard_size=4, workers=1)
+    base = dict(image_size=64, grid=8, n_train=9, n_val=3, n_heldout=5, n_pretrain=0, shard_size=4, workers=1,
+                backgrounds="builtin")
     return ComposeParams(**{**base, **kw})
 
 

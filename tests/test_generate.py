@@ -17,7 +17,7 @@ from pin.synth.backend import Rendered
 from pin.synth.generate import MANIFEST, MANIFEST_COLUMNS, run_generate, sample_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(max_categories=2, per_category=3, image_size=64)
+SMALL = dict(backend="openmoji", max_categories=2, per_category=3, image_size=64)
 
 
 def _pngs(folder: Path) -> dict[str, bytes]:
@@ -131,7 +131,8 @@ def test_nothing_to_make(tmp_path):
 
 def test_stage_entry_point(tmp_path, monkeypatch, capsys):
     (tmp_path / "params.yaml").write_text(
-        "generate:\n  category_set: pvoc\n  max_categories: 1\n  per_category: 2\n  image_size: 48\n")
+        "generate:\n  backend: openmoji\n  category_set: pvoc\n  max_categories: 1\n  per_category: 2\n"
+        "  image_size: 48\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["stages/generate.py"])
     runpy.run_path(str(ROOT / "stages" / "generate.py"), run_name="__main__")
