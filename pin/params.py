@@ -5,6 +5,7 @@ the wrong type stops that stage with a message naming the key (``compose.o_max: 
 """
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Collection
 from pathlib import Path
@@ -216,7 +217,7 @@ class PretrainParams(Section):
     # The kinds are checked by pin.vlm.pretrain_text, which defines them.
     text_mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.2, "exists": 0.35, "count": 0.15,
                                                                 "slot": 0.3})
-    slot: Literal["origin", "anywhere", "size", "mixed", "attributes", "window", "appearance"] = "appearance"
+    slot: str = "appearance"  # a pin.vlm.pretrain_text.SLOT_STYLES name (research ones: research/slot_styles.py)
     vision_levels: bool = True  # the vision objective also predicts the objects' appearance levels
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (the shipped asset was pretrained on a GPU)
     # train: pretrain here (minutes on a CPU); asset: copy the pretrained weights shipped in the
@@ -232,6 +233,16 @@ class PretrainParams(Section):
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
             raise ValueError(f"must be cpu, cuda, cuda:N or auto (got {device!r})")
         return device
+
+    @field_validator("slot")
+    @classmethod
+    def _registered_slot(cls, slot: str) -> str:
+        # The registry is read when a value is validated, so research styles registered by
+        # `import research.slot_styles` count. Imported by name: pin.params stays free of the VLM
+        # code in the import graph (every stage reads params; only pretrain_vlm, which lists
+        # pin/vlm in its deps, validates a pretrain section).
+        importlib.import_module("pin.vlm.pretrain_text").slot_style(slot)  # a ValueError naming the registered ones
+        return slot
 
     @model_validator(mode="after")
     def _consistent(self):

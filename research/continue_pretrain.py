@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pin.composed import read_split_records  # noqa: E402
 from pin.vlm.pretrain import facts_of, features_of, pixels_uint8  # noqa: E402
 from pin.vlm.pretrain_continue import continue_language, saved_recipe  # noqa: E402,F401 (saved_recipe: frozen_lm_arm)
+import research.slot_styles  # noqa: E402,F401  registers the research slot styles
 
 
 def language_data(adapter, image_size: int, composed: str):

@@ -32,6 +32,7 @@ from pin.vlm.mini import build_mini_flamingo, load_mini_parts, read_mini_config,
 from pin.vlm.openflamingo import OpenFlamingoAdapter, set_gates  # noqa: E402
 from pin.vlm.pretrain import pretrain_language, recognition_report  # noqa: E402
 from pin.vlm.pretrain_text import words_of  # noqa: E402
+import research.slot_styles  # noqa: E402,F401  registers the research slot styles
 
 
 def _continue_module():  # its setup helpers: the saved recipe, the cached features and facts

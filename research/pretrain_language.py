@@ -23,6 +23,7 @@ from pin.machine import cpu_name  # noqa: E402
 from pin.vlm.mini import MiniVLMConfig, build_mini_flamingo, trainable_for_pretraining  # noqa: E402
 from pin.vlm.openflamingo import OpenFlamingoAdapter, masked_answer_loss  # noqa: E402
 from pin.vlm.pretrain_text import ObjectFact, TextRecipe, make_text, words_of  # noqa: E402
+import research.slot_styles  # noqa: E402,F401  registers the research slot styles
 
 NAMES = [f"thing{i}" for i in range(60)]
 

@@ -37,6 +37,7 @@ from pin.params import parse_section  # noqa: E402
 from pin.train import compute_features  # noqa: E402
 from pin.vlm.mini import load_mini  # noqa: E402
 from pin.vlm.pretrain import pixels_uint8, pretrain_mini  # noqa: E402
+import research.slot_styles  # noqa: E402,F401  registers the research slot styles
 
 # Pretrain params per recipe, on top of params.yaml's pretrain section (source=train, the
 # shipped ViT kept). "shipped" is the committed recipe, from scratch, as the reference row.

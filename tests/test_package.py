@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_SHIPPED = ("rehears", "standin", "stand_in", "probe_position", "scratch_recipes", "mini_vlm_report",
-               "pretrain_language", "research")
+               "pretrain_language", "slot_styles", "research")
 
 
 def test_the_wheel_holds_only_the_product(tmp_path):

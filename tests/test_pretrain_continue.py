@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny(**kw):
     return parse_section("pretrain", {"source": "train", "vision_steps": 2, "lm_steps": 3, "batch_size": 4,
                                       "image_size": 16, "vision_width": 16, "vision_layers": 1, "lm_width": 16,
-                                      "lm_layers": 2, "slot": "anywhere", "numbers": "digits",
+                                      "lm_layers": 2, "slot": "appearance", "numbers": "digits",
                                       "vision_levels": False, **kw})
 
 

@@ -23,7 +23,7 @@ from pin.composed import ComposedImage
 from pin.errors import PinError
 from pin.frame import FRAME
 from pin.vlm.base import resolve_device
-from pin.vlm.pretrain_text import ObjectFact, PretrainText, TextRecipe, make_text
+from pin.vlm.pretrain_text import ObjectFact, PretrainText, TextRecipe, make_text, slot_style
 from pin.vlm.pretrain_vision import (VisionResult, level_hot, multi_hot, normalise,  # noqa: F401 - re-exported
                                     pretrain_vision)
 
@@ -171,12 +171,12 @@ def recognition_report(adapter, features: torch.Tensor, facts: list[list[ObjectF
             "n_images": len(facts)}
 
 
-def _slot_size(text: str, slot: str = "anywhere") -> tuple[float, float] | None:
-    """Width and height of a slot answer, read by the evaluation's own strict box parser (the
-    ``attributes`` slot is not a box: its first two numbers are the size)."""
+def _slot_size(text: str, slot: str = "appearance") -> tuple[float, float] | None:
+    """Width and height of a slot answer, read by the evaluation's own strict box parser (a style
+    that is not a box, ``SlotStyle.box`` false, gives the size as its first two numbers)."""
     from pin.boxes import BoxCodec
 
-    if slot == "attributes":
+    if not slot_style(slot).box:
         import re
 
         nums = re.findall(r"\d+", text)

@@ -13,32 +13,21 @@ Text kinds (weights in ``TEXT_MIX``):
 - count:    "<image>Question: how many objects? Answer: 2<|endofchunk|>" and per category
 - slot:     "<image>In the image is a dog located at [x,y,x+w,y+h]<|endofchunk|>": the answer
             format filled with the named object's SIZE (w, h: its width and height in the 224
-            frame, multiples of the grid cell) and a corner that is NOT its own:
-            ``slot="origin"`` puts it at (0, 0); ``slot="anywhere"`` draws (x, y) uniformly
-            from the grid cells where a box of that size fits, from the text's own random
-            stream - image-independent noise, the same distribution wherever the object
-            really is. It teaches the frozen LM to look up the named object before writing a
-            parseable box, without ever saying where it is. With "origin" the LM learns that
-            the first two numbers are always 0 and PIN cannot move them; with "anywhere" they
-            are free choices that the image does not decide - which is what PIN then decides.
-            (An earlier form, " [w,h,n,k]" with counts in the last two slots, left PIN's
-            answers stuck at x2 < x1: unparsable.)
-            Round-3 styles, each a function of the named object's size, its category count and
-            the text's own random numbers only:
-            ``"size"``: the corner read from the size, (cell*floor(wc/2), cell*floor(hc/2)) with
-            wc, hc the size in cells - image-determined, so the LM learns to read the image
-            at x1/y1; ``"mixed"``: that corner in half the texts, the ``anywhere`` corner in the
-            other half (image-read, with entropy left for PIN to move); ``"attributes"``:
-            " [w,h,a,k]", the earlier positive control's readouts (width, height, area in cells,
-            how many objects share the name), not a box; ``"window"``: the size-read corner moved
-            by -1, 0 or +1 cell (uniformly, per axis, kept in the frame): image-read like
-            ``size`` but with no single most likely corner for greedy decoding to lock onto.
+            frame) and a corner that is NOT its own. Which corner is the slot *style*
+            (``pretrain.slot``, a :class:`SlotStyle` in ``SLOT_STYLES``). The product registers one:
+            ``"appearance"``, the corner read from the named object's appearance levels (a, s)
+            (``compose.appearance``): cell*a, cell*s - image-read, never a position, and movable by
+            a positional insert that adds a code to the object's own patch features. It teaches the
+            frozen LM to look up the named object before writing a parseable box.
+            The styles that lost in the research rounds (origin, anywhere, size, mixed, attributes,
+            window; docs/mini_vlm.md) live in ``research/slot_styles.py``, which registers them
+            when imported.
 """
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from pin.frame import FRAME
@@ -53,7 +42,6 @@ TEXT_MIX = {"caption": 0.2, "exists": 0.35, "count": 0.15, "slot": 0.3}  # = par
 # where objects are.
 RELATION = "relation"
 KINDS = (*TEXT_MIX, RELATION)
-SLOT_STYLES = ("origin", "anywhere", "size", "mixed", "attributes", "window", "appearance")
 
 
 def check_text_kinds(kinds: Iterable[str]) -> None:
@@ -74,8 +62,7 @@ class TextRecipe:
 
     def __post_init__(self):
         check_text_kinds(k for k, _ in self.mix)
-        if self.slot not in SLOT_STYLES:
-            raise ValueError(f"slot must be one of {SLOT_STYLES}, got {self.slot!r}")
+        slot_style(self.slot)
 
 
 @dataclass(frozen=True)
@@ -108,35 +95,63 @@ def _article_list(names: list[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+@dataclass(frozen=True)
+class SlotStyle:
+    """One answer format of the slot kind (``pretrain.slot``): how the answer text for the named
+    object is built from its size, its appearance levels, how many objects share its name and,
+    where ``needs_rng``, the text's own random stream - never from where the object is."""
+
+    name: str
+    # (obj, rng, recipe, count) -> the answer text, e.g. " [x1,y1,x2,y2]"; rng is None only where
+    # the style does not need one
+    answer: Callable[[ObjectFact, random.Random | None, TextRecipe, int], str]
+    needs_rng: bool = False
+    box: bool = True  # False: not a box; the answer's first two numbers are the size (pin.vlm.pretrain._slot_size)
+
+
+SLOT_STYLES: dict[str, SlotStyle] = {}  # = the styles pretrain.slot may name
+
+
+def register_slot_style(style: SlotStyle) -> SlotStyle:
+    """Add ``style`` to ``SLOT_STYLES``; a name can be registered once."""
+    if style.name in SLOT_STYLES:
+        raise ValueError(f"slot style {style.name!r} is already registered")
+    SLOT_STYLES[style.name] = style
+    return style
+
+
+def slot_style(name: str) -> SlotStyle:
+    """The registered style ``name``; a ValueError naming the registered ones otherwise."""
+    try:
+        return SLOT_STYLES[name]
+    except KeyError:
+        raise ValueError(f"unknown slot style {name!r}; registered: {', '.join(sorted(SLOT_STYLES))} (the research "
+                         "styles of docs/mini_vlm.md are registered by `import research.slot_styles`)") from None
+
+
+def box_answer(obj: ObjectFact, x: int, y: int) -> str:
+    """The box answer of ``obj``'s size with its corner at (x, y)."""
+    return f" [{x},{y},{x + obj.width},{y + obj.height}]"
+
+
+def _appearance_answer(obj: ObjectFact, rng: random.Random | None, recipe: TextRecipe, count: int) -> str:
+    # the corner is read from the object's own appearance levels
+    if len(obj.levels) != 2:
+        raise ValueError("pretrain.slot=appearance needs objects with appearance levels "
+                         "(compose.appearance: pretrain or all)")
+    return box_answer(obj, recipe.cell * obj.levels[0], recipe.cell * obj.levels[1])
+
+
+register_slot_style(SlotStyle("appearance", _appearance_answer))
+
+
 def slot_answer(obj: ObjectFact, rng: random.Random | None = None, recipe: TextRecipe = TextRecipe(),
                 count: int = 1) -> str:
     """The slot text for ``obj``; ``count``: how many objects in the image share its name."""
-    cell = recipe.cell
-    if recipe.slot == "attributes":
-        area = max(round(obj.width / cell), 1) * max(round(obj.height / cell), 1)
-        return f" [{obj.width},{obj.height},{area},{count}]"
-    style = recipe.slot
-    if style in ("anywhere", "mixed", "window") and rng is None:
-        raise ValueError(f"slot={style!r} needs a random stream")
-    if style == "mixed":
-        style = "size" if rng.random() < 0.5 else "anywhere"
-    x = y = 0
-    if style == "anywhere":
-        x = cell * rng.randrange(max(recipe.frame - obj.width, 0) // cell + 1)
-        y = cell * rng.randrange(max(recipe.frame - obj.height, 0) // cell + 1)
-    elif style == "size":
-        x = cell * (round(obj.width / cell) // 2)
-        y = cell * (round(obj.height / cell) // 2)
-    elif style == "appearance":  # the corner is read from the object's own appearance levels
-        if len(obj.levels) != 2:
-            raise ValueError("pretrain.slot=appearance needs objects with appearance levels "
-                             "(compose.appearance: pretrain or all)")
-        x, y = cell * obj.levels[0], cell * obj.levels[1]
-    elif style == "window":
-        last = recipe.frame // cell - 1
-        x = cell * min(max(round(obj.width / cell) // 2 + rng.choice((-1, 0, 1)), 0), last)
-        y = cell * min(max(round(obj.height / cell) // 2 + rng.choice((-1, 0, 1)), 0), last)
-    return f" [{x},{y},{x + obj.width},{y + obj.height}]"
+    style = slot_style(recipe.slot)
+    if style.needs_rng and rng is None:
+        raise ValueError(f"slot={style.name!r} needs a random stream")
+    return style.answer(obj, rng, recipe, count)
 
 
 def make_text(
