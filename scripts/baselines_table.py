@@ -4,7 +4,8 @@
     dvc exp show --json | python scripts/baselines_table.py
 
 One row per method (the newest experiment that ran it; ``raw``, ``random`` and ``constant`` from
-any of them), with the trainable parameter count from ``metrics/train.json``, then the paper's
+the newest experiment of a trained method, since the in-context sweep usually runs on a subset of
+the queries), with the number of queries each row was measured on, the trainable parameter count from ``metrics/train.json``, then the paper's
 ordering on COCO (OpenFlamingo) next to ours. Reads what DVC recorded; recomputes nothing.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ def _data(files: dict, path: str) -> dict:
 
 def collect(exps) -> tuple[dict[str, dict], dict[str, int]]:
     rows: dict[str, dict] = {}
+    reference: dict[str, dict] = {}  # raw, random, constant of the newest in-context run
     n_params: dict[str, int] = {}
     for _, params, metrics in sorted(records(exps), key=lambda r: r[0]):  # newest last: it wins
         method = _data(params, "params.yaml").get("method", "pin")
@@ -48,11 +50,13 @@ def collect(exps) -> tuple[dict[str, dict], dict[str, int]]:
         for name, row in ev.items():
             if name == "dataset" or not isinstance(row, dict) or name.endswith("_shuffled"):
                 continue
-            if name in (method, "raw", "random", "constant") or (method == "incontext" and name.startswith("incontext_")):
+            if name in ("raw", "random", "constant"):
+                (reference if method == "incontext" else rows)[name] = row
+            elif name == method or (method == "incontext" and name.startswith("incontext_")):
                 rows[name] = row
         if tr.get("trainable_params") is not None:
             n_params[method] = tr["trainable_params"]
-    return rows, n_params
+    return {**reference, **rows}, n_params
 
 
 def cell(row: dict, key: str) -> str:
@@ -68,14 +72,14 @@ def main(argv: list[str]) -> int:
     if not rows:
         print("no experiments with metrics/eval/synthetic.json found", file=sys.stderr)
         return 1
-    print("| method | mIoU | mIoU_M | mIoU_L | P@0.5 | parse rate | trainable params | paper COCO mIoU |")
-    print("|" + "---|" * 8)
+    print("| method | mIoU | mIoU_M | mIoU_L | P@0.5 | parse rate | queries | trainable params | paper COCO mIoU |")
+    print("|" + "---|" * 9)
     for name in [n for n in ORDER if n in rows]:
         r = rows[name]
         params = n_params.get("incontext" if name.startswith("incontext_") else name, 0)
         paper = f"{PAPER_COCO[name]:.2f}" if name in PAPER_COCO else "-"
         print(f"| {name} | {cell(r, 'miou')} | {cell(r, 'miou_m')} | {cell(r, 'miou_l')} | {cell(r, 'p50')} | "
-              f"{cell(r, 'parse_rate')} | {params:,} | {paper} |")
+              f"{cell(r, 'parse_rate')} | {r.get('n_queries', '-')} | {params:,} | {paper} |")
     ours = [n for n in ORDER if n in rows and n in PAPER_COCO]
     by_ours = sorted(ours, key=lambda n: rows[n]["miou"])
     by_paper = sorted(ours, key=lambda n: PAPER_COCO[n])
