@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import research.slot_styles  # noqa: F401  registers the research slot styles
+from text_checks import assert_only_relations_move
 from pin.params import ParamsError, parse_section
 from pin.vlm.pretrain import _slot_size
-from pin.vlm.pretrain_text import (KINDS, RELATION, SLOT_STYLES, TEXT_MIX, ObjectFact, SlotStyle, TextRecipe,
+from pin.vlm.pretrain_text import (KINDS, SLOT_STYLES, TEXT_MIX, ObjectFact, SlotStyle, TextRecipe,
                                    make_text, register_slot_style, slot_answer)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +28,13 @@ objects_st = st.lists(
 
 def facts(objs, cell=28):
     return [ObjectFact(n, w * cell, h * cell) for n, w, h in objs]
+
+
+def slot_box(objs, seed, slot):
+    """The facts for ``objs`` and the four numbers of one slot text about one of them."""
+    f = facts(objs)
+    t = make_text(f, NAMES, random.Random(seed), "slot", TextRecipe(slot=slot))
+    return f, tuple(int(v) for v in re.findall(r"\d+", t.answer))
 
 
 def corner_draws(obj, slot, n):
@@ -162,9 +170,7 @@ def test_slot_numbers_are_sizes_only(objs, seed):
 def test_anywhere_slot_is_a_size_at_a_random_corner(objs, seed):
     # The corner comes from the text's own random stream: a valid, grid-aligned box of the named
     # object's size, drawn from a distribution that does not depend on where the object is.
-    f = facts(objs)
-    t = make_text(f, NAMES, random.Random(seed), "slot", TextRecipe(slot="anywhere"))
-    x1, y1, x2, y2 = (int(v) for v in re.findall(r"\d+", t.answer))
+    f, (x1, y1, x2, y2) = slot_box(objs, seed, "anywhere")
     assert (x2 - x1, y2 - y1) in {(o.width, o.height) for o in f}
     assert 0 <= x1 < x2 <= 224 and 0 <= y1 < y2 <= 224
     assert x1 % 28 == 0 and y1 % 28 == 0
@@ -181,9 +187,7 @@ def test_anywhere_corners_cover_every_fitting_cell():
 def test_size_slot_corner_is_read_from_the_size(objs, seed):
     # The corner is a function of the named object's size: the LM must read the image to write
     # x1/y1, yet the text still says nothing about where the object is.
-    f = facts(objs)
-    t = make_text(f, NAMES, random.Random(seed), "slot", TextRecipe(slot="size"))
-    x1, y1, x2, y2 = (int(v) for v in re.findall(r"\d+", t.answer))
+    f, (x1, y1, x2, y2) = slot_box(objs, seed, "size")
     w, h = x2 - x1, y2 - y1
     assert (w, h) in {(o.width, o.height) for o in f}
     assert (x1, y1) == (28 * (w // 28 // 2), 28 * (h // 28 // 2))
@@ -216,21 +220,7 @@ def test_window_slot_spreads_the_size_corner_over_three_cells():
     assert corners == {(x, y) for x in (28, 56, 84) for y in (0, 28)}  # y = -1 cell is kept at 0
 
 
-def _moved(objs, dx_seed):
-    """The same objects at other places (names and sizes kept)."""
-    rng = random.Random(dx_seed)
-    return [ObjectFact(o.name, o.width, o.height, (rng.uniform(0, 224), rng.uniform(0, 224))) for o in objs]
-
-
 @settings(max_examples=200, deadline=None)
 @given(objs=objects_st, seed=st.integers(0, 2**32), kind=st.sampled_from(sorted(KINDS)), where=st.integers(0, 99))
 def test_moving_objects_changes_only_relation_texts_with_the_mixed_slot(objs, seed, kind, where):
-    a, b = _moved(facts(objs), where), _moved(facts(objs), where + 1000)
-    recipe = TextRecipe(mix=(*TEXT_MIX.items(), (RELATION, 0.2)), slot="mixed")
-    ta = make_text(a, NAMES, random.Random(seed), kind, recipe)
-    tb = make_text(b, NAMES, random.Random(seed), kind, recipe)
-    if kind != RELATION:
-        assert ta == tb
-    for t in (ta, tb):  # no text ever carries a coordinate; relations answer yes/no only
-        if t.kind == RELATION:
-            assert t.answer in (" yes", " no") and not re.search(r"\d", t.prompt)
+    assert_only_relations_move(facts(objs), NAMES, seed, kind, where, slot="mixed")
