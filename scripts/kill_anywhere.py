@@ -412,7 +412,9 @@ def experiment(work: Path, stages: list[str], target: list[str], args, profile: 
                 rows.append({"stage": stage, "delay": delay, "landed": "- (the stage finished first)",
                              "at": len(attempts), "outcome": "outputs deleted, stage started again"})
                 reset_stage(repo, stage)
-                span *= 0.6  # this machine is faster than during the reference run: kill earlier
+                # this machine is faster now than during the reference run (a load that ended):
+                # aim at the stage's time in the run that just finished, not only a fixed fraction
+                span = min(span * 0.6, att.stage_times().get(stage, span))
                 fresh = True
                 continue
             kills += 1
