@@ -76,8 +76,9 @@ def _attributes(obj: ObjectFact, rng: random.Random | None, recipe: TextRecipe, 
 def _window(obj: ObjectFact, rng: random.Random | None, recipe: TextRecipe, count: int) -> str:
     cell = recipe.cell
     last = recipe.frame // cell - 1
-    x = cell * min(max(round(obj.width / cell) // 2 + rng.choice((-1, 0, 1)), 0), last)
-    y = cell * min(max(round(obj.height / cell) // 2 + rng.choice((-1, 0, 1)), 0), last)
+    x0, y0 = (v // cell for v in _size_corner(obj, recipe))
+    x = cell * min(max(x0 + rng.choice((-1, 0, 1)), 0), last)
+    y = cell * min(max(y0 + rng.choice((-1, 0, 1)), 0), last)
     return box_answer(obj, x, y)
 
 
