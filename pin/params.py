@@ -254,7 +254,7 @@ class PretrainParams(Section):
 
 
 class TrainParams(Section):
-    steps: int = Field(1200, ge=1)
+    steps: int = Field(2400, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)  # paper: Adam 1e-3 over ~150k steps
     seed: int = 0

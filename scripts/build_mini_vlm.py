@@ -6,14 +6,20 @@ then ``--then STEPS:SEED`` continuations (pin.vlm.pretrain_continue: new batches
 one-cycle schedule each). The shipped shapes asset is exactly this (docs/mini_vlm.md, round 4):
 
     dvc repro compose                      # data/composed: the default's shapes, pretraining split jittered
-    python scripts/build_mini_vlm.py train --out assets/mini_vlm --threads 1 --then 6000:1 --then 6600:2
-    # 3,000 + 6,000 + 6,600 steps x 64 texts = 998k texts; ~100 min at one thread of a 2-core EPYC
+    python scripts/build_mini_vlm.py train --out assets/mini_vlm --threads 1 \
+        --then 6000:1 --then 6600:2 --then 3000:3 --then 3000:4
+    # 3,000 + 6,000 + 6,600 + 3,000 + 3,000 steps x 64 texts = 1.38M texts; ~135 min at one thread of a 2-core EPYC
+
+``--from DIR`` continues a saved mini VLM instead of starting over: the 998k-text asset of
+before (3,000 + 6,000 + 6,600) became today's with ``--from assets/mini_vlm --then 3000:3
+--then 3000:4`` (~30 min at one thread), and that writes the same bytes as the one-go build's
+last two segments (the history in mini_vlm.json included).
 
 On a GPU box, pack the decoded pretraining images first (43 MB instead of the JPEGs), then train there:
 
     python scripts/build_mini_vlm.py pack --out lab/pretrain_pack.pt
     python scripts/build_mini_vlm.py train --pack lab/pretrain_pack.pt --out assets/mini_vlm \\
-        --device cuda --workers 4 --then 6000:1 --then 6600:2      # -S key=value overrides a pretrain param
+        --device cuda --workers 4 --then 6000:1 --then 6600:2 --then 3000:3 --then 3000:4  # -S key=value overrides a pretrain param
 
 The params actually used, the device, every language segment and the recognition report are
 stored in assets/mini_vlm/mini_vlm.json ("meta.pretrain_metrics") and printed; the timings are
@@ -112,18 +118,33 @@ def train(args) -> None:
         probe = read_split_records(Path(args.composed) / "heldout", limit=256)
         pixels = None
     out = Path(args.out)
-    t0 = time.perf_counter()
-    summary = pretrain_mini(p, images, probe, str(out), str(out.parent / f"{out.name}.metrics.json"), grid=grid,
-                            workers=args.workers, pixels=pixels)
-    print(f"{summary}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    for k, (steps, seed) in enumerate(args.then, 1):
+    if args.start:
+        if not args.then:
+            raise SystemExit("--from continues a saved mini VLM: give at least one --then STEPS:SEED")
+        if not (Path(args.start) / "mini_vlm.json").is_file():
+            raise SystemExit(f"--from: no mini VLM at {args.start} (expected {args.start}/mini_vlm.json)")
+    else:
         t0 = time.perf_counter()
-        result = continue_language(out, out, images, probe, steps=steps, seed=seed, lr=p.lm_lr,
+        summary = pretrain_mini(p, images, probe, str(out), str(out.parent / f"{out.name}.metrics.json"), grid=grid,
+                                workers=args.workers, pixels=pixels)
+        print(f"{summary}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    source = Path(args.start or out)
+    for steps, seed in args.then:
+        t0 = time.perf_counter()
+        result = continue_language(source, out, images, probe, steps=steps, seed=seed, lr=p.lm_lr,
                                    batch_size=p.lm_batch_size or p.batch_size, grid=grid, pixels=pixels,
-                                   label=f"segment {k - 1}")
+                                   label=_last_segment(source))
+        source = out
         print(f"continued by {steps} steps (seed {seed}) -> {out}: loss {result['language']['final_loss']}, "
               f"recognition {result['recognition_after']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(json.dumps(json.loads((out / "mini_vlm.json").read_text())["meta"]["pretrain_metrics"], indent=1))
+
+
+def _last_segment(model: Path) -> str:
+    """How a new segment names its start: the model's last segment, so a build continued with
+    --from records the same history as one built in one go."""
+    language = json.loads((model / "mini_vlm.json").read_text())["meta"]["pretrain_metrics"]["language"]
+    return f"segment {len(language.get('segments', [None])) - 1}"
 
 
 def _phase(text: str) -> tuple[int, int]:
@@ -147,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("-S", "--set", action="append", default=[], help="override a pretrain param: key=value")
     b.add_argument("--device", default="auto")
     b.add_argument("--workers", type=int, default=0, help="DataLoader workers making the text batches")
+    b.add_argument("--from", dest="start", metavar="DIR",
+                   help="continue this saved mini VLM (e.g. assets/mini_vlm) instead of pretraining one: only --then runs")
     b.add_argument("--then", type=_phase, action="append", default=[], metavar="STEPS:SEED",
                    help="continue the language pretraining by STEPS batches with a new SEED (repeatable)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads (default: params.yaml's threads)")

@@ -68,3 +68,36 @@ def test_build_script_reads_steps_and_seed_pairs():
     for bad in ("6000", "0:1", "x:1", "6000:y"):
         with pytest.raises(Exception, match="STEPS:SEED"):
             build._phase(bad)
+
+
+def _write_split(folder: Path, images) -> None:
+    from pin.synth.shards import write_shard
+
+    write_shard(folder / "part-00000.parquet", [
+        {"image_id": im.image_id, "image": im.image, "format": "jpeg", "width": im.width, "height": im.height,
+         "background": "test", "seed": im.image_id,
+         "objects": [{"category": o.category, "box": list(o.box), "grid_box": list(o.grid_box), "referral": o.referral,
+                      "source": "test", "appearance": list(o.appearance)} for o in im.objects]}
+        for im in images])
+
+
+def test_build_from_a_saved_model_writes_what_one_go_writes(tmp_path):
+    # the shipped asset grew by --from: its bytes, history included, must be the one-go build's
+    spec = importlib.util.spec_from_file_location("build_mini_vlm", ROOT / "scripts" / "build_mini_vlm.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    _write_split(tmp_path / "composed" / "pretrain", [image(i, ["dog"] if i % 2 else ["cup", "dog"]) for i in range(6)])
+    _write_split(tmp_path / "composed" / "heldout", [image(9, ["cup"])])
+    raw = {"source": "train", "vision_steps": 2, "lm_steps": 3, "batch_size": 4, "image_size": 16, "vision_width": 16,
+           "vision_layers": 1, "lm_width": 16, "lm_layers": 2, "slot": "appearance", "numbers": "digits",
+           "vision_levels": False}
+    (tmp_path / "params.yaml").write_text(json.dumps({"threads": 1, "compose": {"grid": 8}, "pretrain": raw}))
+    common = ["--params", str(tmp_path / "params.yaml"), "--composed", str(tmp_path / "composed"), "--threads", "1"]
+    build.main(["train", *common, "--out", str(tmp_path / "one"), "--then", "2:1", "--then", "2:2"])
+    build.main(["train", *common, "--out", str(tmp_path / "half"), "--then", "2:1"])
+    build.main(["train", *common, "--from", str(tmp_path / "half"), "--out", str(tmp_path / "rest"), "--then", "2:2"])
+    assert files(tmp_path / "one") == files(tmp_path / "rest")
+    meta = json.loads((tmp_path / "rest" / "mini_vlm.json").read_text())["meta"]["pretrain_metrics"]["language"]
+    assert [s.get("from") for s in meta["segments"]] == [None, "segment 0", "segment 1"]
+    with pytest.raises(SystemExit, match="--then"):
+        build.main(["train", *common, "--from", str(tmp_path / "half"), "--out", str(tmp_path / "x")])
